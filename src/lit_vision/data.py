@@ -1,0 +1,301 @@
+"""ImageFolderDataModule: split image folders (train/ val/ [test/]) decoded, cached and augmented."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Literal
+
+import albumentations as A
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import DataLoader, Dataset
+
+from lit_vision.images import is_image_file, load_image
+from lit_vision.transforms import apply, eval_transforms, train_transforms
+
+Stage = Literal["train", "val", "test"]
+Sample = tuple[str, int]
+
+
+class DataError(ValueError):
+    """A problem with the user's image folders; the message names the path."""
+
+
+def discover_classes(split_dir: Path) -> list[str]:
+    """Class names of a split folder: its sub-folders, sorted.
+
+    Raises:
+        DataError: The folder is missing or holds no class sub-folders.
+    """
+    if not split_dir.is_dir():
+        raise DataError(f"missing folder {split_dir} (expected ROOT/train/CLASS/*.jpg ...)")
+    classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise DataError(f"no class sub-folders in {split_dir}")
+    return classes
+
+
+def list_samples(split_dir: Path, classes: Sequence[str]) -> list[Sample]:
+    """All image files under ``split_dir/CLASS/`` (any depth), with class indices, sorted.
+
+    Raises:
+        DataError: A class folder of ``split_dir`` is not among ``classes``.
+    """
+    index = {c: i for i, c in enumerate(classes)}
+    samples: list[Sample] = []
+    for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if class_dir.name not in index:
+            raise DataError(
+                f"class '{class_dir.name}' in {split_dir} is not a class of train/ "
+                f"(train has {len(classes)}: {', '.join(classes[:10])}{' ...' if len(classes) > 10 else ''})"
+            )
+        files = sorted(str(p) for p in class_dir.rglob("*") if p.is_file() and is_image_file(p))
+        samples.extend((f, index[class_dir.name]) for f in files)
+    return samples
+
+
+def decode_all(paths: Sequence[str], size: int, *, workers: int | None = None, desc: str = "") -> np.ndarray:
+    """Decode images in parallel into one ``(N, size, size, 3)`` uint8 array.
+
+    PIL releases the GIL while decoding and resizing, so threads scale without copying the
+    result between processes.
+    """
+    out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
+    workers = workers or min(8, os.cpu_count() or 1)
+
+    def _one(i: int) -> None:
+        out[i] = load_image(paths[i], size)
+
+    from tqdm.auto import tqdm
+
+    with ThreadPoolExecutor(workers) as pool:
+        list(
+            tqdm(
+                pool.map(_one, range(len(paths)), chunksize=64),
+                total=len(paths),
+                desc=f"decoding {desc}".strip(),
+                unit="img",
+                leave=False,
+                disable=len(paths) < 2000,
+            )
+        )
+    return out
+
+
+class ImageDataset(Dataset):
+    """Images with integer labels, returned as ``(uint8 CHW tensor, label)``.
+
+    Args:
+        samples: ``(path, class_index)`` pairs.
+        image_size: Side of the square the images are resized to.
+        transform: Albumentations pipeline applied per sample (uint8 HWC in and out).
+        cache: Optional pre-decoded ``(N, H, W, 3)`` uint8 array aligned with ``samples``.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        image_size: int,
+        transform: A.Compose | None = None,
+        cache: np.ndarray | None = None,
+    ) -> None:
+        self.samples = list(samples)
+        self.image_size = image_size
+        self.transform = transform
+        self.cache = cache
+        self.targets = [t for _, t in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        path, target = self.samples[i]
+        image = self.cache[i] if self.cache is not None else load_image(path, self.image_size)
+        image = apply(self.transform, image)
+        return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1), target
+
+
+class ImageFolderDataModule(L.LightningDataModule):
+    """Split image folders: ``ROOT/train/CLASS/*``, ``ROOT/val/CLASS/*``, optional ``ROOT/test/CLASS/*``.
+
+    Classes are discovered from ``train/`` when the module is built, so the CLI can pass
+    ``num_classes`` and the class names to the model. Images of any mode (grayscale, RGBA,
+    palette, CMYK, 16-bit) and size are decoded to RGB at ``image_size``; batches are uint8
+    and the model normalises them.
+
+    Args:
+        root: Folder holding ``train/``, ``val/`` and optionally ``test/``.
+        image_size: Square input side; ``None`` takes the model's preferred size (a
+            pretrained backbone's) or 64.
+        batch_size: Images per batch (per device).
+        num_workers: Loader processes; ``None`` picks ``min(4, cpu count)``.
+        cache: Decode every image once into memory (``"auto"``: when the decoded arrays fit
+            ``cache_budget_gb``) instead of decoding on every epoch.
+        cache_budget_gb: Memory the ``"auto"`` cache may use for all splits together.
+        hflip: Random horizontal flips in training.
+        vflip: Random vertical flips in training.
+        rotate: Maximum training rotation in degrees.
+        scale: Training zoom range.
+        translate: Maximum training shift, as a fraction of the side.
+        shear: Maximum training shear in degrees.
+        color_jitter: Training colour-jitter strength.
+        predict_root: Folder of images (any depth) used by ``predict``; defaults to ``test/``
+            or ``val/``.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        image_size: int | None = None,
+        batch_size: int = 64,
+        num_workers: int | None = None,
+        cache: bool | Literal["auto"] = "auto",
+        cache_budget_gb: float = 4.0,
+        hflip: bool = False,
+        vflip: bool = False,
+        rotate: float = 10.0,
+        scale: tuple[float, float] = (0.9, 1.1),
+        translate: float = 0.1,
+        shear: float = 0.0,
+        color_jitter: float = 0.2,
+        predict_root: str | Path | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.root = Path(root).expanduser()
+        if not self.root.is_dir():
+            raise DataError(f"data.root {self.root} is not a folder")
+        self.classes: list[str] = discover_classes(self.root / "train")
+        for split in ("val", "test"):
+            split_dir = self.root / split
+            if split_dir.is_dir():
+                extra = sorted(set(discover_classes(split_dir)) - set(self.classes))
+                if extra:
+                    raise DataError(
+                        f"{split_dir} has classes missing from train/: {', '.join(extra[:10])}"
+                    )
+        if not (self.root / "val").is_dir():
+            raise DataError(f"missing folder {self.root / 'val'} (run `lit-vision split` first)")
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.num_workers = min(4, os.cpu_count() or 1) if num_workers is None else num_workers
+        self.cache = cache
+        self.cache_budget_gb = cache_budget_gb
+        self.predict_root = Path(predict_root) if predict_root else None
+        self.datasets: dict[str, ImageDataset] = {}
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes found in ``train/``."""
+        return len(self.classes)
+
+    def _resolve_image_size(self) -> int:
+        if self.image_size is None:
+            model = self.trainer.lightning_module if self.trainer is not None else None
+            self.image_size = int(getattr(model, "default_image_size", None) or 64)
+        return self.image_size
+
+    def _samples(self, split: str) -> list[Sample]:
+        split_dir = self.root / split
+        if not split_dir.is_dir():
+            return []
+        samples = list_samples(split_dir, self.classes)
+        if split == "train":
+            counts = np.bincount([t for _, t in samples], minlength=self.num_classes)
+            empty = [c for c, n in zip(self.classes, counts, strict=True) if n == 0]
+            if empty:
+                raise DataError(f"class folder(s) with no images in {split_dir}: {', '.join(empty)}")
+        return samples
+
+    def _use_cache(self, n_images: int) -> bool:
+        if self.cache == "auto":
+            need = n_images * self._resolve_image_size() ** 2 * 3
+            return need <= self.cache_budget_gb * 1024**3
+        return bool(self.cache)
+
+    def _build(self, split: str, train: bool) -> ImageDataset | None:
+        if split in self.datasets:
+            return self.datasets[split]
+        samples = self._samples(split)
+        if not samples:
+            return None
+        size = self._resolve_image_size()
+        cached = None
+        if self._use_cache(len(samples)):
+            cached = decode_all([p for p, _ in samples], size, desc=split)
+        transform = (
+            train_transforms(
+                hflip=self.hparams.hflip,
+                vflip=self.hparams.vflip,
+                rotate=self.hparams.rotate,
+                scale=tuple(self.hparams.scale),
+                translate=self.hparams.translate,
+                shear=self.hparams.shear,
+                color_jitter=self.hparams.color_jitter,
+            )
+            if train
+            else eval_transforms()
+        )
+        self.datasets[split] = ImageDataset(samples, size, transform, cached)
+        return self.datasets[split]
+
+    def setup(self, stage: str) -> None:
+        """Build the datasets the stage needs (decoding into the cache when enabled)."""
+        if stage == "fit":
+            self._build("train", train=True)
+            self._build("val", train=False)
+            if "val" not in self.datasets:
+                raise DataError(f"no images in {self.root / 'val'}")
+        elif stage == "validate":
+            self._build("val", train=False)
+        elif stage == "test":
+            if self._build("test", train=False) is None:
+                raise DataError(f"no images in {self.root / 'test'} (needed by `test`)")
+        elif stage == "predict":
+            if self.predict_root is not None:
+                files = sorted(str(p) for p in self.predict_root.rglob("*") if is_image_file(p))
+                self.datasets["predict"] = ImageDataset(
+                    [(f, -1) for f in files], self._resolve_image_size(), eval_transforms()
+                )
+            else:
+                ds = self._build("test", train=False) or self._build("val", train=False)
+                self.datasets["predict"] = ds
+        rank_zero_info(
+            "lit_vision data: "
+            + ", ".join(f"{k} {len(v)} images" for k, v in self.datasets.items())
+            + f", {self.num_classes} classes, {self.image_size}px"
+        )
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        workers = self.num_workers
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=torch.cuda.is_available(),
+            drop_last=shuffle and len(self.datasets[split]) > self.batch_size,
+            prefetch_factor=4 if workers > 0 else None,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled training batches."""
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        """Validation batches in file order."""
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        """Test batches in file order."""
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        """Batches of ``predict_root`` (or test/val) in file order."""
+        return self._loader("predict", shuffle=False)

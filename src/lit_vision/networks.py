@@ -1,0 +1,101 @@
+"""Plain nn.Modules (no Lightning): the scratch SimpleCNN, with ``features`` and ``head``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from torch import nn
+
+Pooling = Literal["avg", "max", "avgmax"]
+
+
+class GlobalPool(nn.Module):
+    """Global average, max, or concatenated average+max pooling to a flat vector."""
+
+    def __init__(self, kind: Pooling = "avg") -> None:
+        super().__init__()
+        self.kind = kind
+
+    @property
+    def multiplier(self) -> int:
+        """How many times the channel count the output has."""
+        return 2 if self.kind == "avgmax" else 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "avg":
+            return x.mean((2, 3))
+        if self.kind == "max":
+            return x.amax((2, 3))
+        return torch.cat([x.mean((2, 3)), x.amax((2, 3))], dim=1)
+
+
+def classifier_head(
+    in_features: int, num_classes: int, *, hidden: int = 0, dropout: float = 0.0
+) -> nn.Sequential:
+    """A dense head: optional hidden layer with ReLU and dropout, then the class logits.
+
+    This is the course's ``Dense(hidden) -> Dropout -> Dense(num_classes)``; ``hidden=0``
+    gives a single linear layer (with dropout before it when ``dropout > 0``).
+    """
+    layers: list[nn.Module] = []
+    if hidden:
+        layers += [nn.Linear(in_features, hidden), nn.ReLU(inplace=True)]
+        in_features = hidden
+    if dropout:
+        layers.append(nn.Dropout(dropout))
+    layers.append(nn.Linear(in_features, num_classes))
+    return nn.Sequential(*layers)
+
+
+class SimpleCNN(nn.Module):
+    """The course's scratch CNN, made configurable.
+
+    Each block is ``convs_per_block`` x (3x3 conv, batch norm, ReLU), then 2x2 max pooling
+    and dropout; global pooling and a dense head follow.
+
+    Args:
+        num_classes: Output classes.
+        channels: Conv widths, one entry per block.
+        convs_per_block: 3x3 convolutions per block.
+        batch_norm: Batch norm after each convolution.
+        block_dropout: Dropout after each block's pooling.
+        pooling: Global pooling before the head.
+        hidden: Units of the head's hidden layer (0 for none).
+        dropout: Dropout in the head.
+        in_channels: Input channels.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        channels: Sequence[int] = (32, 64, 128),
+        convs_per_block: int = 2,
+        batch_norm: bool = True,
+        block_dropout: float = 0.1,
+        pooling: Pooling = "avg",
+        hidden: int = 256,
+        dropout: float = 0.3,
+        in_channels: int = 3,
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c_in = in_channels
+        for c_out in channels:
+            for _ in range(convs_per_block):
+                layers.append(nn.Conv2d(c_in, c_out, 3, padding=1, bias=not batch_norm))
+                if batch_norm:
+                    layers.append(nn.BatchNorm2d(c_out))
+                layers.append(nn.ReLU(inplace=True))
+                c_in = c_out
+            layers.append(nn.MaxPool2d(2))
+            if block_dropout:
+                layers.append(nn.Dropout2d(block_dropout))
+        self.features = nn.Sequential(*layers)
+        self.pool = GlobalPool(pooling)
+        self.head = classifier_head(c_in * self.pool.multiplier, num_classes, hidden=hidden, dropout=dropout)
+        self.num_features = c_in
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pool(self.features(x)))
