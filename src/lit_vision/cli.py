@@ -14,6 +14,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from lit_vision.data import DataError
 from lit_vision.images import ImageDecodeError
+from lit_vision.insight import InsightCallback, track_setup_time
 from lit_vision.split import SplitError, split_dataset
 
 USER_ERRORS = (DataError, SplitError, ImageDecodeError, FileNotFoundError)
@@ -44,6 +45,14 @@ class LitVisionCLI(LightningCLI):
         )
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.set_defaults({"lr_monitor.logging_interval": "epoch"})
+        parser.add_lightning_class_args(InsightCallback, "insight")
+
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        # DataModule.setup runs before any callback hook, so the report's data-preparation
+        # time is measured by wrapping it here.
+        if self.datamodule is not None:
+            track_setup_time(self.datamodule)
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -63,6 +72,8 @@ TRAINER_DEFAULTS = {
 HELP_EXTRA = """
 lit_vision subcommands besides LightningCLI's fit/validate/test/predict:
   split       raw class folders -> ROOT/train, ROOT/val, ROOT/test (verified; see `split --help`)
+  lr_find     learning-rate range test for a config: plot + suggestion (see `lr_find --help`)
+  compare     train several configs/variants on one split and budget, rank them (`compare --help`)
 """
 
 
@@ -76,6 +87,23 @@ def split_command(args: list[str]) -> int:
 
 
 EXTRA_COMMANDS: dict[str, Callable[[list[str]], int]] = {"split": split_command}
+
+
+def lr_find_command(args: list[str]) -> int:
+    """``lit-vision lr_find``: learning-rate range test (see lit_vision.lr_find)."""
+    from lit_vision.lr_find import lr_find_main
+
+    return lr_find_main(args)
+
+
+def compare_command(args: list[str]) -> int:
+    """``lit-vision compare``: train and rank several experiments (see lit_vision.compare)."""
+    from lit_vision.compare import compare_main
+
+    return compare_main(args)
+
+
+EXTRA_COMMANDS.update(lr_find=lr_find_command, compare=compare_command)
 
 
 def main(args: ArgsType = None) -> LightningCLI | int | None:
