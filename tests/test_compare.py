@@ -42,7 +42,8 @@ def test_compare_two_cnns_ranks_and_reports(tmp_path: Path, split_tree: Path) ->
                "--data.image_size", "16", "--data.num_workers", "0",
                "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"])
     assert rc == 0
-    rows = list(csv.DictReader(open(out / "compare.csv")))
+    with open(out / "compare.csv") as fh:
+        rows = list(csv.DictReader(fh))
     assert [r["name"] for r in rows][2] == "broken" and rows[2]["status"] == "failed"
     ok = rows[:2]
     assert {r["name"] for r in ok} == {"gtsrb_cnn", "small"} and [r["rank"] for r in ok] == ["1", "2"]

@@ -99,11 +99,15 @@ def test_tensorboard_has_figures_layout_and_hparams(fitted: tuple[Path, dict]) -
 
 
 class _TwoPhaseCNN(CNNClassifier):
-    """A CNN that reports a transfer-style ``phase`` attribute."""
+    """A CNN with a transfer-style ``phase``, set (like TransferClassifier) in its own epoch-start
+    hook, which Lightning calls after the callbacks' hook; phase 0 trains the head only."""
 
-    @property
-    def phase(self) -> str:
-        return "frozen" if self.current_epoch < 1 else "unfrozen"
+    phase: str | None = None
+
+    def on_train_epoch_start(self) -> None:
+        self.phase = "frozen" if self.current_epoch < 1 else "unfrozen"
+        for p in self.net.features.parameters():
+            p.requires_grad = self.phase == "unfrozen"
 
 
 def test_phase_attribute_is_timed_per_phase(tmp_path: Path, split_tree: Path) -> None:
@@ -118,6 +122,7 @@ def test_phase_attribute_is_timed_per_phase(tmp_path: Path, split_tree: Path) ->
     assert list(phases) == ["frozen", "unfrozen"]
     assert phases["frozen"]["epochs"] == [0] and phases["unfrozen"]["epochs"] == [1]
     assert all(p["images"] == 24 and p["seconds"] > 0 for p in phases.values())
+    assert phases["frozen"]["trainable_params"] < phases["unfrozen"]["trainable_params"]
     assert [h["phase"] for h in cb.report["history"]] == ["frozen", "unfrozen"]
     ea = _events(Path(trainer.log_dir))
     assert len(ea.Images("val/confusion_matrix")) == 1  # every 2nd epoch only

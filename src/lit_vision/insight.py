@@ -143,7 +143,7 @@ class InsightCallback(Callback):
         self._capturing = False
         self._preds: _Predictions | None = None
         self._t: dict[str, float] = {}
-        self._phase_now = "train"
+        self._phase_now: str | None = None
         self._images_epoch = 0
         self._val_in_epoch = 0.0
         self._hparams_logged = False
@@ -197,21 +197,32 @@ class InsightCallback(Callback):
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._record_train_metrics(trainer)
+        self._phase_now = None
+        self._images_epoch = 0
+        self._val_in_epoch = 0.0
+        self._t["train_epoch"] = time.perf_counter()
+
+    def _enter_phase(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Read at the first batch, not at epoch start: callbacks' on_train_epoch_start runs
+        # before the module's, where a transfer model sets its phase and requires_grad.
         phase = getattr(pl_module, "phase", None)
         phase = str(phase) if phase is not None else "train"
         phases = self.report["timing"]["train_phases"]
         if phase not in phases:
             phases[phase] = {"epochs": [], "seconds": 0.0, "images": 0,
                              "trainable_params": _count(pl_module, trainable=True)}
-            if phase != self._phase_now or len(phases) > 1:
+            if len(phases) > 1 or phase != "train":
                 for logger in self._tb_loggers(trainer):
-                    logger.experiment.add_text("phase", f"epoch {trainer.current_epoch}: phase `{phase}`",
-                                               trainer.global_step)
-        self._phase_now = phase
+                    logger.experiment.add_text(
+                        "phase", f"epoch {trainer.current_epoch}: phase `{phase}`, "
+                        f"{phases[phase]['trainable_params']:,} trainable parameters", trainer.global_step)
         phases[phase]["epochs"].append(trainer.current_epoch)
-        self._images_epoch = 0
-        self._val_in_epoch = 0.0
-        self._t["train_epoch"] = time.perf_counter()
+        self._phase_now = phase
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        if self._phase_now is None:
+            self._enter_phase(trainer, pl_module)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
@@ -220,6 +231,8 @@ class InsightCallback(Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         seconds = time.perf_counter() - self._t.pop("train_epoch", time.perf_counter()) - self._val_in_epoch
+        if self._phase_now is None:  # an epoch without batches
+            self._enter_phase(trainer, pl_module)
         ph = self.report["timing"]["train_phases"][self._phase_now]
         ph["seconds"] += seconds
         ph["images"] += self._images_epoch
