@@ -118,7 +118,7 @@ class InsightCallback(Callback):
 
     Args:
         every_n_epochs: Log the figures every N validation epochs (and always after the last).
-        worst_k: Misclassified images in the grid (0: no grid).
+        worst_k: Misclassified images in the grid (0: no grid; under DDP from rank 0's shard).
         figures: Log the confusion-matrix and misclassified-image figures.
         report: Write report.md / report.json.
         hparams: Log hyperparameters with final metrics to the HPARAMS tab.
@@ -342,6 +342,12 @@ class InsightCallback(Callback):
             return
         names = list(getattr(pl_module, "class_names", None) or [])
         targets, predicted = preds.arrays()
+        if trainer.world_size > 1:
+            # Every rank holds its shard; Lightning's DistributedSampler pads the shards to equal
+            # length, so they gather into one array (a few padded duplicates included).
+            both = torch.from_numpy(np.stack([targets, predicted]))
+            gathered = pl_module.all_gather(both.to(pl_module.device)).cpu()
+            targets, predicted = (gathered.permute(1, 0, 2).reshape(2, -1)).numpy()
         n = max(len(names), int(targets.max()) + 1, int(predicted.max()) + 1)
         names = names if len(names) == n else [str(i) for i in range(n)]
         cm = figures.confusion_matrix(targets, predicted, n)
