@@ -384,6 +384,8 @@ class InsightCallback(Callback):
             devices=trainer.num_devices, strategy=type(trainer.strategy).__name__,
             seed=_seed(), max_epochs=trainer.max_epochs, epochs_run=trainer.current_epoch,
         )
+        if trainer.ckpt_path:  # the weights a validate/test (or resumed fit) started from
+            r["run"].setdefault("loaded_checkpoints", {})[str(getattr(trainer.state.fn, "value", trainer.state.fn))] = str(trainer.ckpt_path)
         r.setdefault("environment", environment_info())
         dm = trainer.datamodule
         if dm is not None:

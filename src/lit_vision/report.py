@@ -212,6 +212,7 @@ def render_markdown(r: dict[str, Any]) -> str:
           f"- started {run.get('started', '—')}, report written {run.get('updated', '—')}",
           f"- log directory: `{run.get('log_dir', '—')}` (resolved config: `config.yaml` there)",
           f"- process command: `{run.get('command', '—')}`",
+          *[f"- {fn} started from checkpoint `{path}`" for fn, path in run.get("loaded_checkpoints", {}).items()],
           f"- precision {run.get('precision', '—')}, accelerator {run.get('accelerator', '—')}, "
           f"devices {run.get('devices', '—')}, strategy {run.get('strategy', '—')}, seed {run.get('seed', '—')}", ""]
 
@@ -251,15 +252,18 @@ def render_markdown(r: dict[str, Any]) -> str:
     rows = [["data preparation (DataModule.setup: " + k + ")", _seconds(v)] for k, v in t.get("data_setup", {}).items()]
     if not t.get("data_setup"):
         rows.append(["data preparation", "not measured (DataModule not built by the lit_vision CLI)"])
+    fitted = bool({"fit", "validate"} & set(run.get("stages", [])))
     for name, ph in t.get("train_phases", {}).items():
         rows.append([f"training, phase `{name}` (epochs {ph['epochs'][0]}–{ph['epochs'][-1]}, "
                      f"{ph['images']} images, {ph['trainable_params']:,} trainable params)",
                      _seconds(ph["seconds"])])
-    rows.append(["validation (all epochs, sanity check excluded)", _seconds(t.get("validation"))])
+    if fitted:
+        rows.append(["validation (all epochs, sanity check excluded)", _seconds(t.get("validation"))])
     rows.append(["test", _seconds(t.get("test")) if t.get("test") is not None else "not run"])
     if t.get("insight_overhead"):
         rows.append(["figures and report (this callback; not in training time)", _seconds(t["insight_overhead"])])
-    rows.append(["fit wall time (training + validation + overhead)", _seconds(t.get("fit_wall"))])
+    if "fit" in run.get("stages", []):
+        rows.append(["fit wall time (training + validation + overhead)", _seconds(t.get("fit_wall"))])
     L += _table(["stage", "time"], rows)
     if t.get("train_images_per_s"):
         L += ["", f"Training throughput: **{t['train_images_per_s']:.0f} images/s** "
@@ -284,7 +288,7 @@ def render_markdown(r: dict[str, Any]) -> str:
 
     L += ["## Metrics", ""]
     ck = r.get("checkpoints", {})
-    if ck:
+    if ck.get("best") or ck.get("last"):
         L += [f"- best checkpoint ({ck.get('monitor')} = {_fmt(ck.get('best_score'))}): `{ck.get('best') or '—'}`",
               f"- last checkpoint: `{ck.get('last') or '—'}`", ""]
     final = r.get("final_metrics", {})
