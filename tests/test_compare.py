@@ -38,7 +38,7 @@ def test_compare_two_cnns_ranks_and_reports(tmp_path: Path, split_tree: Path) ->
     rc = main(["compare", "--data.root", str(split_tree), "--configs", CONFIG,
                "--variants", f"{CONFIG} model.channels=[8,16] model.hidden=0 name=small",
                f"{CONFIG} model.no_such_option=1 name=broken",
-               "--max_epochs", "2", "--out", str(out), "--latency_runs", "3",
+               "--max_epochs", "1", "--out", str(out), "--latency_runs", "3",
                "--data.image_size", "16", "--data.num_workers", "0",
                "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"])
     assert rc == 0
@@ -50,7 +50,7 @@ def test_compare_two_cnns_ranks_and_reports(tmp_path: Path, split_tree: Path) ->
     for r in ok:
         assert r["eval_split"] == "test" and 0 <= float(r["accuracy"]) <= 1
         assert int(r["params"]) > 0 and float(r["train_seconds"]) > 0 and float(r["latency_ms"]) > 0
-        assert r["epochs"] == "2" and Path(r["best_checkpoint"]).is_file()
+        assert r["epochs"] == "1" and Path(r["best_checkpoint"]).is_file()
         report = (Path(r["log_dir"]) / "report.md").read_text()
         assert f"ranked **{r['rank']} of 2**" in report
     small, big = sorted(ok, key=lambda r: int(r["params"]))
