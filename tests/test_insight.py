@@ -63,6 +63,8 @@ def test_report_fields_are_filled(fitted: tuple[Path, dict]) -> None:
     assert m["total_params"] == m["trainable_params"] > 1000 and "SimpleCNN" in m["summary"]
     assert [h["epoch"] for h in r["history"]] == [0, 1]
     assert all("val/acc" in h and "train/loss_epoch" in h for h in r["history"])
+    lrs = [h["lr/0"] for h in r["history"]]  # WarmupCosineLR over 2 one-batch epochs
+    assert lrs[0] != lrs[1] and all(0 < lr <= 0.002 for lr in lrs)
     for stage in ("val", "test"):
         ev = r["evaluation"][stage]
         assert ev["images"] == 12 and len(ev["per_class"]) == 3

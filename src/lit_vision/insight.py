@@ -218,6 +218,13 @@ class InsightCallback(Callback):
                         f"{phases[phase]['trainable_params']:,} trainable parameters", trainer.global_step)
         phases[phase]["epochs"].append(trainer.current_epoch)
         self._phase_now = phase
+        # The learning rates this epoch starts with, read from the optimizers themselves (the LR
+        # monitor's values in callback_metrics are already the next epoch's when read later).
+        entry = self._history_entry(trainer.current_epoch)
+        for i, opt in enumerate(trainer.optimizers):
+            for j, group in enumerate(opt.param_groups):
+                name = group.get("name") or (f"{i}.{j}" if len(trainer.optimizers) > 1 else str(j))
+                entry[f"lr/{name}"] = float(group["lr"])
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
                              batch_idx: int) -> None:
@@ -333,7 +340,6 @@ class InsightCallback(Callback):
             return
         entry = self.report["history"][-1]
         entry.update(self._metrics(trainer, "train/"))
-        entry.update({k: v for k, v in self._metrics(trainer, "lr").items()})
 
     def _evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str, when: str,
                   figures_due: bool) -> None:

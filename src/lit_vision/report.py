@@ -297,9 +297,9 @@ def render_markdown(r: dict[str, Any]) -> str:
     hist = r.get("history", [])
     if hist:
         keys = [k for k in ("train/loss_epoch", "train/acc", "val/loss", "val/acc", "val/f1") if any(k in h for h in hist)]
-        lr_keys = sorted({k for h in hist for k in h if k.startswith("lr")})[:2]
+        lr_keys = sorted({k for h in hist for k in h if k.startswith("lr/")})[:2]
         L += ["Per epoch:", ""]
-        L += _table(["epoch", "phase", *keys, *lr_keys, "train s"],
+        L += _table(["epoch", "phase", *keys, *[f"{k} (epoch start)" for k in lr_keys], "train s"],
                     [[h["epoch"], h.get("phase", "—"), *[h.get(k) for k in keys],
                       *[_fmt(h.get(k), 6) for k in lr_keys], _fmt(h.get("train_seconds"), 1)] for h in hist])
         L += [""]
