@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -48,6 +48,9 @@ class ImageClassifier(L.LightningModule):
         std: Per-channel normalisation std (0-1 scale).
         channels_last: Run convolutions in channels-last memory format (faster on CPU and
             tensor-core GPUs).
+        input_norm: ``dataset`` subtracts ``mean`` and divides by ``std``; ``image``
+            standardises each image by its own mean and std (robust to the very dark and
+            very bright photos of road signs; ignores ``mean``/``std``).
     """
 
     def __init__(
@@ -60,6 +63,7 @@ class ImageClassifier(L.LightningModule):
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         channels_last: bool = True,
+        input_norm: Literal["dataset", "image"] = "dataset",
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
@@ -70,6 +74,7 @@ class ImageClassifier(L.LightningModule):
         self.scheduler_factory = scheduler
         self.label_smoothing = label_smoothing
         self.channels_last = channels_last
+        self.input_norm = input_norm
         self.register_buffer("mean", torch.tensor(mean or IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std or IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.train_metrics = _stage_metrics(num_classes, "train/")
@@ -83,7 +88,12 @@ class ImageClassifier(L.LightningModule):
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 0-255 or float 0-1 images to normalised float, in the model's memory format."""
         x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
-        x = (x - self.mean) / self.std
+        if self.input_norm == "image":
+            mean = x.mean(dim=(1, 2, 3), keepdim=True)
+            std = x.std(dim=(1, 2, 3), keepdim=True).clamp_min(1.0 / 255)
+            x = (x - mean) / std
+        else:
+            x = (x - self.mean) / self.std
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -151,6 +161,7 @@ class CNNClassifier(ImageClassifier):
         batch_norm: Batch norm after each convolution.
         block_dropout: Dropout after each block.
         pooling: Global pooling before the head.
+        pool_grid: Pool to a grid this size before the head (1: global pooling).
         hidden: Hidden units of the dense head (0 for none).
         dropout: Head dropout.
         optimizer: Optimizer factory (Adam 1e-3 by default).
@@ -159,6 +170,7 @@ class CNNClassifier(ImageClassifier):
         mean: Normalisation mean.
         std: Normalisation std.
         channels_last: Channels-last memory format.
+        input_norm: ``dataset`` (mean/std) or per-``image`` standardisation.
     """
 
     def __init__(
@@ -170,6 +182,7 @@ class CNNClassifier(ImageClassifier):
         batch_norm: bool = True,
         block_dropout: float = 0.1,
         pooling: Pooling = "avg",
+        pool_grid: int = 1,
         hidden: int = 256,
         dropout: float = 0.3,
         optimizer: OptimizerCallable = torch.optim.Adam,
@@ -178,8 +191,11 @@ class CNNClassifier(ImageClassifier):
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         channels_last: bool = True,
+        input_norm: Literal["dataset", "image"] = "dataset",
     ) -> None:
-        super().__init__(num_classes, class_names, optimizer, scheduler, label_smoothing, mean, std, channels_last)
+        super().__init__(
+            num_classes, class_names, optimizer, scheduler, label_smoothing, mean, std, channels_last, input_norm
+        )
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.net = SimpleCNN(
             num_classes,
@@ -188,6 +204,7 @@ class CNNClassifier(ImageClassifier):
             batch_norm=batch_norm,
             block_dropout=block_dropout,
             pooling=pooling,
+            pool_grid=pool_grid,
             hidden=hidden,
             dropout=dropout,
         )
