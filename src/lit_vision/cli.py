@@ -142,10 +142,22 @@ def main(args: ArgsType = None) -> LightningCLI | int | None:
             trainer_defaults=TRAINER_DEFAULTS,
             seed_everything_default=0,
             save_config_kwargs={"overwrite": True},
-            args=argv,
+            args=None if args is None else argv,
         )
-    except USER_ERRORS as err:
-        if args is not None:
+    except Exception as err:
+        user_error = _find_user_error(err)
+        if user_error is None or args is not None:
             raise
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {user_error}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _find_user_error(err: BaseException | None) -> BaseException | None:
+    """The user's mistake behind an exception, even when jsonargparse wrapped it while instantiating."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, USER_ERRORS):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
