@@ -103,7 +103,7 @@ def test_export_cnn_parity(tree: Path, cnn_ckpt: Path, tmp_path: Path) -> None:
 
 def test_export_timm_subclass_parity(tree: Path, tmp_path: Path) -> None:
     dm = ImageFolderDataModule(tree, batch_size=6, num_workers=0)
-    model = TimmClassifier(dm.num_classes, dm.classes, backbone="efficientnet_lite0")
+    model = TimmClassifier(dm.num_classes, dm.classes, backbone="mobilenetv3_small_050")
     trainer = L.Trainer(
         max_steps=2,
         logger=False,

@@ -24,6 +24,11 @@ from lit_vision.transforms import apply, eval_transforms
 TTA = Literal["none", "hflip", "auto"]
 
 
+# Constructor arguments that would load pretrained weights (TransferClassifier's), turned off
+# when rebuilding from a checkpoint whose state dict holds the trained weights anyway.
+NO_PRETRAINED: dict[str, Any] = {"pretrained": False, "weights": None, "weights_path": None}
+
+
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used for inference; the message names the file."""
 
@@ -127,9 +132,15 @@ def load_classifier(
         raise CheckpointError(
             f"{path}: no hyperparameters saved (call save_hyperparameters in {cls.__name__})"
         )
-    model = cls.load_from_checkpoint(path, map_location="cpu", weights_only=False)
+    # The state dict overwrites every weight: skip fetching pretrained ones while rebuilding.
+    overrides = {k: v for k, v in NO_PRETRAINED.items() if k in hparams}
+    model = cls.load_from_checkpoint(path, map_location="cpu", weights_only=False, **overrides)
+    if meta.get("mean") and meta.get("std"):
+        # mean/std buffers are not in the state dict; the recorded values are the contract.
+        model.mean.copy_(torch.tensor(meta["mean"]).view_as(model.mean))
+        model.std.copy_(torch.tensor(meta["std"]).view_as(model.std))
     model.eval().to(device)
-    size = image_size or meta.get("image_size") or cls.default_image_size
+    size = image_size or meta.get("image_size") or model.default_image_size
     if not size:
         raise CheckpointError(f"{path} records no image size; pass --image_size")
     transform = (
