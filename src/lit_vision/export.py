@@ -253,6 +253,14 @@ def run_export(
         The JSON report (``parity_ok`` says whether every runtime met ``tolerance``).
     """
     formats = list(formats or ["onnx", "torchscript"])
+    if "onnx" in formats:
+        try:
+            import onnx  # noqa: F401
+            import onnxruntime  # noqa: F401
+        except ImportError as err:
+            raise ImportError(
+                f"ONNX export needs onnx and onnxruntime: pip install 'lit_vision[export]' ({err})"
+            ) from None
     out_dir = Path(output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model, spec = load_classifier(ckpt, device="cpu")
