@@ -7,6 +7,7 @@ import importlib
 import math
 import os
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -395,14 +396,17 @@ def run_predict(
             "note: --tta hflip on a model trained without horizontal flips may lower accuracy",
             file=sys.stderr,
         )
+    start = time.perf_counter()
     result = predict_files(model, spec, files, batch_size=batch_size, tta=mode)
+    seconds = time.perf_counter() - start
     path = write_csv(result, output, topk)
     if not quiet:
         for note in notes:
             print(f"note: {note}", file=sys.stderr)
         n = len(result.rows)
         print(
-            f"predicted {n - result.n_unreadable}/{n} files -> {path} (tta {mode}, {spec.image_size}px)"
+            f"predicted {n - result.n_unreadable}/{n} files in {seconds:.1f} s "
+            f"({n / max(seconds, 1e-9):.0f} files/s) -> {path} (tta {mode}, {spec.image_size}px)"
         )
         if result.n_unreadable:
             print(
