@@ -129,6 +129,7 @@ def test_predict_lists_every_file_and_flags_unreadable(
     assert by_name["loose000.png"]["true"] == ""  # unsorted/ is not a class: unlabelled
     assert by_name["img000.jpg"]["true"] == "class_1"  # labelled by its top folder, at any depth
     assert by_name["truncated.png"]["true"] == "class_0"
+    assert by_name["Thumbs.db"]["true"] == ""  # not an image file: listed, never scored
 
 
 def test_predict_accuracy_matches_test(trained: tuple[Path, Path], tmp_path: Path) -> None:

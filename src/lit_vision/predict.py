@@ -18,7 +18,7 @@ import albumentations as A
 import numpy as np
 import torch
 
-from lit_vision.images import ImageDecodeError, load_image
+from lit_vision.images import ImageDecodeError, is_image_file, load_image
 from lit_vision.models import CHECKPOINT_KEY, ImageClassifier
 from lit_vision.transforms import apply, eval_transforms
 
@@ -173,7 +173,8 @@ def collect_inputs(
     """Every file under the given folders (any depth) and every file given directly.
 
     Nothing is filtered by extension: a file that is not an image gets a CSV row saying so.
-    A file under ``FOLDER/CLASS/...`` where ``CLASS`` is one of ``class_names`` is labelled.
+    An image file (by extension, not hidden) under ``FOLDER/CLASS/...`` where ``CLASS`` is one
+    of ``class_names`` is labelled, so accuracy counts the same files as ``test`` does.
 
     Returns:
         The files in order (folders sorted) and notes about unlabelled class-like folders.
@@ -199,8 +200,12 @@ def collect_inputs(
                 f"{p}: sub-folder(s) {', '.join(unknown[:5])} are not classes of the model (unlabelled)"
             )
         for f in sorted(x for x in p.rglob("*") if x.is_file()):
-            top = f.relative_to(p).parts[0] if len(f.relative_to(p).parts) > 1 else None
-            files.append(InputFile(str(f), top if labelled and top in known else None))
+            parts = f.relative_to(p).parts
+            # Score exactly the files `test` would: image extensions, no hidden folder or file.
+            scored = (
+                len(parts) > 1 and is_image_file(f) and not any(q.startswith(".") for q in parts)
+            )
+            files.append(InputFile(str(f), parts[0] if scored and parts[0] in known else None))
     return files, notes
 
 
