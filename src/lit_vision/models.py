@@ -167,8 +167,10 @@ def inference_spec(model: ImageClassifier) -> dict[str, Any]:
     datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
     image_size = getattr(datamodule, "image_size", None) or model.default_image_size
     datasets = getattr(datamodule, "datasets", None) or {}
-    val = datasets.get("val") or datasets.get("test")
-    transform = getattr(val, "transform", None) or eval_transforms()
+    val = datasets.get("val", datasets.get("test"))
+    transform = getattr(val, "transform", None)
+    if transform is None:
+        transform = eval_transforms()
     dm_hparams = dict(getattr(datamodule, "hparams", None) or {})
     return {
         "format": 1,
