@@ -128,6 +128,15 @@ class ImageClassifier(L.LightningModule):
     def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self(batch[0]).softmax(dim=1)
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store what inference needs beside the weights, so a checkpoint stands on its own.
+
+        ``checkpoint["lit_vision"]`` holds the model class path, class names, input size,
+        normalisation and the eval transform; ``lit_vision.predict.load_classifier`` reads it
+        without the training config or data.
+        """
+        checkpoint[CHECKPOINT_KEY] = inference_spec(self)
+
     def param_groups(self) -> list[dict[str, Any]]:
         """Parameter groups for the optimizer; subclasses split backbone and head."""
         return [{"params": [p for p in self.parameters() if p.requires_grad]}]
@@ -148,6 +157,45 @@ class ImageClassifier(L.LightningModule):
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             config["monitor"] = "val/loss"
         return {"optimizer": optimizer, "lr_scheduler": config}
+
+
+CHECKPOINT_KEY = "lit_vision"
+
+
+def inference_spec(model: ImageClassifier) -> dict[str, Any]:
+    """The preprocessing contract of a model: class names, input size, mean/std, eval transform.
+
+    The input size and eval transform come from the attached trainer's DataModule when there
+    is one (what the model was trained and validated on), else from the model's
+    ``default_image_size`` and the identity transform.
+    """
+    import albumentations as A
+
+    from lit_vision.transforms import eval_transforms
+
+    trainer = model._trainer
+    datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
+    image_size = getattr(datamodule, "image_size", None) or model.default_image_size
+    datasets = getattr(datamodule, "datasets", None) or {}
+    val = datasets.get("val", datasets.get("test"))
+    transform = getattr(val, "transform", None)
+    if transform is None:
+        transform = eval_transforms()
+    dm_hparams = dict(getattr(datamodule, "hparams", None) or {})
+    return {
+        "format": 1,
+        "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
+        "class_names": list(model.class_names),
+        "image_size": int(image_size) if image_size else None,
+        "mean": [float(v) for v in model.mean.flatten()],
+        "std": [float(v) for v in model.std.flatten()],
+        "eval_transform": A.to_dict(transform),
+        # The model normalises inside forward: feed decoded, resized RGB pixels as they are.
+        "input": {"dtype": "uint8", "range": [0, 255], "layout": "NCHW", "channels": "RGB",
+                  "resize": "bilinear to image_size x image_size, aspect ratio not kept"},
+        "train_flips": {"hflip": bool(dm_hparams.get("hflip", False)),
+                        "vflip": bool(dm_hparams.get("vflip", False))},
+    }
 
 
 class CNNClassifier(ImageClassifier):
