@@ -1,10 +1,15 @@
 """lit_vision: folders of labelled images in, trained, measured, exportable classifiers out."""
 
-from lit_vision.data import ImageDataset, ImageFolderDataModule
-from lit_vision.digits import DigitsDataModule
-from lit_vision.models import CNNClassifier, ImageClassifier
-from lit_vision.networks import SimpleCNN
-from lit_vision.schedulers import WarmupCosineLR
+import os
+
+# albumentations otherwise asks PyPI for a newer version on import: a stall offline.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+from lit_vision.data import ImageDataset, ImageFolderDataModule  # noqa: E402
+from lit_vision.digits import DigitsDataModule  # noqa: E402
+from lit_vision.models import CNNClassifier, ImageClassifier  # noqa: E402
+from lit_vision.networks import SimpleCNN  # noqa: E402
+from lit_vision.schedulers import WarmupCosineLR  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -15,9 +15,10 @@ from lightning.pytorch.utilities import rank_zero_info
 from lit_vision.data import DataError
 from lit_vision.images import ImageDecodeError
 from lit_vision.insight import InsightCallback, track_setup_time
+from lit_vision.predict import CheckpointError
 from lit_vision.split import SplitError, split_dataset
 
-USER_ERRORS = (DataError, SplitError, ImageDecodeError, FileNotFoundError)
+USER_ERRORS = (DataError, SplitError, ImageDecodeError, FileNotFoundError, CheckpointError)
 
 
 def auto_precision(accelerator: str | None) -> str:
@@ -70,8 +71,10 @@ TRAINER_DEFAULTS = {
 }
 
 HELP_EXTRA = """
-lit_vision subcommands besides LightningCLI's fit/validate/test/predict:
+lit_vision subcommands besides LightningCLI's fit/validate/test:
   split       raw class folders -> ROOT/train, ROOT/val, ROOT/test (verified; see `split --help`)
+  predict     checkpoint + folders/files -> CSV of top-k predictions (replaces LightningCLI's predict)
+  export      checkpoint -> ONNX + TorchScript + preprocessing JSON, parity-checked on real images
   lr_find     learning-rate range test for a config: plot + suggestion (see `lr_find --help`)
   compare     train several configs/variants on one split and budget, rank them (`compare --help`)
 """
@@ -86,7 +89,52 @@ def split_command(args: list[str]) -> int:
     return 0
 
 
-EXTRA_COMMANDS: dict[str, Callable[[list[str]], int]] = {"split": split_command}
+def predict_command(args: list[str]) -> int:
+    """``lit-vision predict``: classify folders/files with a self-contained checkpoint.
+
+    It replaces LightningCLI's config-driven ``predict``, which needs the training config and
+    data and writes nothing; ``validate``/``test`` remain for config-driven evaluation.
+    """
+    from lit_vision.predict import run_predict
+
+    parser = ArgumentParser(
+        prog="lit-vision predict",
+        description="Predict every file under folders (any depth) or given files with a checkpoint; "
+        "write one CSV row per file (unreadable files flagged with the reason). Files under "
+        "FOLDER/CLASS/ with the model's class names are labelled and accuracy is printed.",
+    )
+    parser.add_argument("--ckpt", required=True, help="checkpoint (.ckpt) written by fit")
+    parser.add_argument("--input", required=True, nargs="+", help="folders and/or image files")
+    parser.add_argument("--output", default="predictions.csv", help="CSV to write")
+    parser.add_argument("--topk", type=int, default=3, help="top classes per row")
+    parser.add_argument("--tta", default="none", choices=["none", "hflip", "auto"],
+                        help="hflip: average with the mirror image; auto: hflip if trained with hflip")
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    parser.add_argument("--image_size", type=int, default=None,
+                        help="input side, only for checkpoints that do not record one")
+    cfg = parser.parse_args(args)
+    run_predict(cfg.ckpt, cfg.input, cfg.output, topk=cfg.topk, tta=cfg.tta, batch_size=cfg.batch_size,
+                device=cfg.device, image_size=cfg.image_size)
+    return 0
+
+
+def export_command(args: list[str]) -> int:
+    """``lit-vision export``: ONNX/TorchScript files and the preprocessing contract."""
+    from lit_vision.export import run_export
+
+    parser = ArgumentParser(prog="lit-vision export", description=run_export.__doc__.split("\n")[0])
+    parser.add_function_arguments(run_export, skip={"quiet"})
+    cfg = parser.parse_args(args)
+    report = run_export(**(vars(cfg) if isinstance(cfg, dict) else cfg.as_dict()))
+    return 0 if report.get("parity_ok", True) else 1
+
+
+EXTRA_COMMANDS: dict[str, Callable[[list[str]], int]] = {
+    "split": split_command,
+    "predict": predict_command,
+    "export": export_command,
+}
 
 
 def lr_find_command(args: list[str]) -> int:

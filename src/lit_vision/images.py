@@ -79,7 +79,7 @@ def load_image(path: str | Path, size: int | tuple[int, int] | None = None) -> n
                 img = _to_rgb(img)
                 if hw is not None and img.size != (hw[1], hw[0]):
                     img = img.resize((hw[1], hw[0]), Image.BILINEAR)
-                arr = np.asarray(img, dtype=np.uint8)
+                arr = np.array(img, dtype=np.uint8)  # a writable copy, safe for torch
     except FileNotFoundError:
         raise ImageDecodeError(path, "file not found") from None
     except UnidentifiedImageError:

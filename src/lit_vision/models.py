@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -48,6 +48,9 @@ class ImageClassifier(L.LightningModule):
         std: Per-channel normalisation std (0-1 scale).
         channels_last: Run convolutions in channels-last memory format (faster on CPU and
             tensor-core GPUs).
+        input_norm: ``dataset`` subtracts ``mean`` and divides by ``std``; ``image``
+            standardises each image by its own mean and std (robust to the very dark and
+            very bright photos of road signs; ignores ``mean``/``std``).
     """
 
     def __init__(
@@ -60,6 +63,7 @@ class ImageClassifier(L.LightningModule):
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         channels_last: bool = True,
+        input_norm: Literal["dataset", "image"] = "dataset",
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
@@ -70,6 +74,7 @@ class ImageClassifier(L.LightningModule):
         self.scheduler_factory = scheduler
         self.label_smoothing = label_smoothing
         self.channels_last = channels_last
+        self.input_norm = input_norm
         self.register_buffer("mean", torch.tensor(mean or IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std or IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.train_metrics = _stage_metrics(num_classes, "train/")
@@ -83,7 +88,12 @@ class ImageClassifier(L.LightningModule):
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 0-255 or float 0-1 images to normalised float, in the model's memory format."""
         x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
-        x = (x - self.mean) / self.std
+        if self.input_norm == "image":
+            mean = x.mean(dim=(1, 2, 3), keepdim=True)
+            std = x.std(dim=(1, 2, 3), keepdim=True).clamp_min(1.0 / 255)
+            x = (x - mean) / std
+        else:
+            x = (x - self.mean) / self.std
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -118,6 +128,15 @@ class ImageClassifier(L.LightningModule):
     def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self(batch[0]).softmax(dim=1)
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store what inference needs beside the weights, so a checkpoint stands on its own.
+
+        ``checkpoint["lit_vision"]`` holds the model class path, class names, input size,
+        normalisation and the eval transform; ``lit_vision.predict.load_classifier`` reads it
+        without the training config or data.
+        """
+        checkpoint[CHECKPOINT_KEY] = inference_spec(self)
+
     def param_groups(self) -> list[dict[str, Any]]:
         """Parameter groups for the optimizer; subclasses split backbone and head."""
         return [{"params": [p for p in self.parameters() if p.requires_grad]}]
@@ -140,6 +159,45 @@ class ImageClassifier(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": config}
 
 
+CHECKPOINT_KEY = "lit_vision"
+
+
+def inference_spec(model: ImageClassifier) -> dict[str, Any]:
+    """The preprocessing contract of a model: class names, input size, mean/std, eval transform.
+
+    The input size and eval transform come from the attached trainer's DataModule when there
+    is one (what the model was trained and validated on), else from the model's
+    ``default_image_size`` and the identity transform.
+    """
+    import albumentations as A
+
+    from lit_vision.transforms import eval_transforms
+
+    trainer = model._trainer
+    datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
+    image_size = getattr(datamodule, "image_size", None) or model.default_image_size
+    datasets = getattr(datamodule, "datasets", None) or {}
+    val = datasets.get("val", datasets.get("test"))
+    transform = getattr(val, "transform", None)
+    if transform is None:
+        transform = eval_transforms()
+    dm_hparams = dict(getattr(datamodule, "hparams", None) or {})
+    return {
+        "format": 1,
+        "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
+        "class_names": list(model.class_names),
+        "image_size": int(image_size) if image_size else None,
+        "mean": [float(v) for v in model.mean.flatten()],
+        "std": [float(v) for v in model.std.flatten()],
+        "eval_transform": A.to_dict(transform),
+        # The model normalises inside forward: feed decoded, resized RGB pixels as they are.
+        "input": {"dtype": "uint8", "range": [0, 255], "layout": "NCHW", "channels": "RGB",
+                  "resize": "bilinear to image_size x image_size, aspect ratio not kept"},
+        "train_flips": {"hflip": bool(dm_hparams.get("hflip", False)),
+                        "vflip": bool(dm_hparams.get("vflip", False))},
+    }
+
+
 class CNNClassifier(ImageClassifier):
     """A scratch ``SimpleCNN`` trained end to end.
 
@@ -151,6 +209,7 @@ class CNNClassifier(ImageClassifier):
         batch_norm: Batch norm after each convolution.
         block_dropout: Dropout after each block.
         pooling: Global pooling before the head.
+        pool_grid: Pool to a grid this size before the head (1: global pooling).
         hidden: Hidden units of the dense head (0 for none).
         dropout: Head dropout.
         optimizer: Optimizer factory (Adam 1e-3 by default).
@@ -159,6 +218,7 @@ class CNNClassifier(ImageClassifier):
         mean: Normalisation mean.
         std: Normalisation std.
         channels_last: Channels-last memory format.
+        input_norm: ``dataset`` (mean/std) or per-``image`` standardisation.
     """
 
     def __init__(
@@ -170,6 +230,7 @@ class CNNClassifier(ImageClassifier):
         batch_norm: bool = True,
         block_dropout: float = 0.1,
         pooling: Pooling = "avg",
+        pool_grid: int = 1,
         hidden: int = 256,
         dropout: float = 0.3,
         optimizer: OptimizerCallable = torch.optim.Adam,
@@ -178,8 +239,11 @@ class CNNClassifier(ImageClassifier):
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         channels_last: bool = True,
+        input_norm: Literal["dataset", "image"] = "dataset",
     ) -> None:
-        super().__init__(num_classes, class_names, optimizer, scheduler, label_smoothing, mean, std, channels_last)
+        super().__init__(
+            num_classes, class_names, optimizer, scheduler, label_smoothing, mean, std, channels_last, input_norm
+        )
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.net = SimpleCNN(
             num_classes,
@@ -188,6 +252,7 @@ class CNNClassifier(ImageClassifier):
             batch_norm=batch_norm,
             block_dropout=block_dropout,
             pooling=pooling,
+            pool_grid=pool_grid,
             hidden=hidden,
             dropout=dropout,
         )

@@ -6,29 +6,41 @@ from collections.abc import Sequence
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 Pooling = Literal["avg", "max", "avgmax"]
 
 
 class GlobalPool(nn.Module):
-    """Global average, max, or concatenated average+max pooling to a flat vector."""
+    """Average, max, or concatenated average+max pooling to a flat vector.
 
-    def __init__(self, kind: Pooling = "avg") -> None:
+    ``grid=1`` is global pooling; ``grid=g`` pools to a g x g grid and flattens it, keeping
+    coarse layout (left arrow vs right arrow) like Keras' ``Flatten`` does, whatever the
+    input size.
+    """
+
+    def __init__(self, kind: Pooling = "avg", grid: int = 1) -> None:
         super().__init__()
         self.kind = kind
+        self.grid = grid
 
     @property
     def multiplier(self) -> int:
         """How many times the channel count the output has."""
-        return 2 if self.kind == "avgmax" else 1
+        return (2 if self.kind == "avgmax" else 1) * self.grid**2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.grid == 1:
+            avg, mx = (lambda t: t.mean((2, 3))), (lambda t: t.amax((2, 3)))
+        else:
+            avg = lambda t: F.adaptive_avg_pool2d(t, self.grid).flatten(1)  # noqa: E731
+            mx = lambda t: F.adaptive_max_pool2d(t, self.grid).flatten(1)  # noqa: E731
         if self.kind == "avg":
-            return x.mean((2, 3))
+            return avg(x)
         if self.kind == "max":
-            return x.amax((2, 3))
-        return torch.cat([x.mean((2, 3)), x.amax((2, 3))], dim=1)
+            return mx(x)
+        return torch.cat([avg(x), mx(x)], dim=1)
 
 
 def classifier_head(
@@ -62,6 +74,7 @@ class SimpleCNN(nn.Module):
         batch_norm: Batch norm after each convolution.
         block_dropout: Dropout after each block's pooling.
         pooling: Global pooling before the head.
+        pool_grid: Pool to a ``pool_grid`` x ``pool_grid`` grid before the head (1: global).
         hidden: Units of the head's hidden layer (0 for none).
         dropout: Dropout in the head.
         in_channels: Input channels.
@@ -75,6 +88,7 @@ class SimpleCNN(nn.Module):
         batch_norm: bool = True,
         block_dropout: float = 0.1,
         pooling: Pooling = "avg",
+        pool_grid: int = 1,
         hidden: int = 256,
         dropout: float = 0.3,
         in_channels: int = 3,
@@ -93,7 +107,7 @@ class SimpleCNN(nn.Module):
             if block_dropout:
                 layers.append(nn.Dropout2d(block_dropout))
         self.features = nn.Sequential(*layers)
-        self.pool = GlobalPool(pooling)
+        self.pool = GlobalPool(pooling, pool_grid)
         self.head = classifier_head(c_in * self.pool.multiplier, num_classes, hidden=hidden, dropout=dropout)
         self.num_features = c_in
 

@@ -1,0 +1,424 @@
+"""Predict with a checkpoint: folders or files of images -> a CSV, with accuracy on labelled folders."""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import math
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import albumentations as A
+import numpy as np
+import torch
+
+from lit_vision.images import ImageDecodeError, is_image_file, load_image
+from lit_vision.models import CHECKPOINT_KEY, ImageClassifier
+from lit_vision.transforms import apply, eval_transforms
+
+TTA = Literal["none", "hflip", "auto"]
+
+
+# Constructor arguments that would load pretrained weights (TransferClassifier's), turned off
+# when rebuilding from a checkpoint whose state dict holds the trained weights anyway.
+NO_PRETRAINED: dict[str, Any] = {"pretrained": False, "weights": None, "weights_path": None}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used for inference; the message names the file."""
+
+
+@dataclass
+class InferenceSpec:
+    """What inference needs besides the weights: the checkpoint's ``lit_vision`` entry.
+
+    Args:
+        class_names: Class names in label order.
+        image_size: Square input side the images are resized to.
+        mean: Normalisation mean (applied inside the model; recorded for exports).
+        std: Normalisation std (applied inside the model; recorded for exports).
+        transform: Eval pipeline applied after decoding and resizing (uint8 HWC).
+        model_class: Import path of the LightningModule class.
+        train_flips: Flips used in training (``hflip``/``vflip``), which decide ``tta="auto"``.
+    """
+
+    class_names: list[str]
+    image_size: int
+    mean: list[float]
+    std: list[float]
+    transform: A.Compose
+    model_class: str
+    train_flips: dict[str, bool] = field(default_factory=dict)
+
+
+def _import_class(path: str) -> type:
+    module, _, name = path.rpartition(".")
+    try:
+        obj: Any = importlib.import_module(module)
+    except ImportError:
+        # A nested qualname (module.Outer.Inner): import the longest importable prefix.
+        parts = path.split(".")
+        for i in range(len(parts) - 1, 0, -1):
+            try:
+                obj = importlib.import_module(".".join(parts[:i]))
+            except ImportError:
+                continue
+            for attr in parts[i:]:
+                obj = getattr(obj, attr)
+            return obj
+        raise
+    return getattr(obj, name)
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a Lightning checkpoint dict on the CPU.
+
+    Raises:
+        CheckpointError: The file is missing or not a checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} not found")
+    try:
+        # Our checkpoints hold only tensors, containers and plain values, but hparams of
+        # user subclasses may hold arbitrary objects; they are the user's own files.
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
+        raise CheckpointError(f"cannot read checkpoint {path}: {err}") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise CheckpointError(f"{path} is not a Lightning checkpoint (no state_dict)")
+    return ckpt
+
+
+def load_classifier(
+    path: str | Path, *, image_size: int | None = None, device: str | torch.device = "cpu"
+) -> tuple[ImageClassifier, InferenceSpec]:
+    """Rebuild a trained classifier and its preprocessing from the checkpoint alone.
+
+    The class comes from ``checkpoint["lit_vision"]["model_class"]`` (written by
+    ``ImageClassifier.on_save_checkpoint``) or, for older checkpoints, from the
+    ``_class_path`` LightningCLI stores in the hyperparameters; any ``ImageClassifier``
+    subclass that calls ``save_hyperparameters`` loads this way.
+
+    Args:
+        path: Checkpoint file (``.ckpt``).
+        image_size: Input side for checkpoints that do not record one.
+        device: Where to put the model.
+
+    Returns:
+        The model in eval mode and its ``InferenceSpec``.
+
+    Raises:
+        CheckpointError: Missing file, unknown class, or no recorded input size.
+    """
+    ckpt = read_checkpoint(path)
+    meta = ckpt.get(CHECKPOINT_KEY) or {}
+    hparams = ckpt.get("hyper_parameters") or {}
+    class_path = meta.get("model_class") or hparams.get("_class_path")
+    if not class_path:
+        raise CheckpointError(f"{path} records no model class (not saved by a lit_vision model?)")
+    try:
+        cls = _import_class(class_path)
+    except (ImportError, AttributeError) as err:
+        raise CheckpointError(f"{path}: cannot import model class {class_path}: {err}") from None
+    if not (isinstance(cls, type) and issubclass(cls, ImageClassifier)):
+        raise CheckpointError(f"{path}: {class_path} is not an ImageClassifier")
+    if not hparams:
+        raise CheckpointError(
+            f"{path}: no hyperparameters saved (call save_hyperparameters in {cls.__name__})"
+        )
+    # The state dict overwrites every weight: skip fetching pretrained ones while rebuilding.
+    overrides = {k: v for k, v in NO_PRETRAINED.items() if k in hparams}
+    model = cls.load_from_checkpoint(path, map_location="cpu", weights_only=False, **overrides)
+    if meta.get("mean") and meta.get("std"):
+        # mean/std buffers are not in the state dict; the recorded values are the contract.
+        model.mean.copy_(torch.tensor(meta["mean"]).view_as(model.mean))
+        model.std.copy_(torch.tensor(meta["std"]).view_as(model.std))
+    model.eval().to(device)
+    size = image_size or meta.get("image_size") or model.default_image_size
+    if not size:
+        raise CheckpointError(f"{path} records no image size; pass --image_size")
+    transform = (
+        A.from_dict(meta["eval_transform"]) if meta.get("eval_transform") else eval_transforms()
+    )
+    spec = InferenceSpec(
+        class_names=list(meta.get("class_names") or model.class_names),
+        image_size=int(size),
+        mean=[float(v) for v in model.mean.flatten()],
+        std=[float(v) for v in model.std.flatten()],
+        transform=transform,
+        model_class=class_path,
+        train_flips=dict(meta.get("train_flips") or {}),
+    )
+    return model, spec
+
+
+@dataclass
+class InputFile:
+    """One file to predict, with its true class when it sits in a labelled folder."""
+
+    path: str
+    label: str | None = None
+
+
+def collect_inputs(
+    inputs: Sequence[str | Path], class_names: Sequence[str]
+) -> tuple[list[InputFile], list[str]]:
+    """Every file under the given folders (any depth) and every file given directly.
+
+    Nothing is filtered by extension: a file that is not an image gets a CSV row saying so.
+    An image file (by extension, not hidden) under ``FOLDER/CLASS/...`` where ``CLASS`` is one
+    of ``class_names`` is labelled, so accuracy counts the same files as ``test`` does.
+
+    Returns:
+        The files in order (folders sorted) and notes about unlabelled class-like folders.
+
+    Raises:
+        FileNotFoundError: An input path does not exist.
+    """
+    known = set(class_names)
+    files: list[InputFile] = []
+    notes: list[str] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_file():
+            files.append(InputFile(str(p)))
+            continue
+        if not p.is_dir():
+            raise FileNotFoundError(f"input {p} does not exist")
+        subdirs = sorted(d.name for d in p.iterdir() if d.is_dir())
+        labelled = [d for d in subdirs if d in known]
+        if labelled and len(labelled) < len(subdirs):
+            unknown = [d for d in subdirs if d not in known]
+            notes.append(
+                f"{p}: sub-folder(s) {', '.join(unknown[:5])} are not classes of the model (unlabelled)"
+            )
+        for f in sorted(x for x in p.rglob("*") if x.is_file()):
+            parts = f.relative_to(p).parts
+            # Score exactly the files `test` would: image extensions, no hidden folder or file.
+            scored = (
+                len(parts) > 1 and is_image_file(f) and not any(q.startswith(".") for q in parts)
+            )
+            files.append(InputFile(str(f), parts[0] if scored and parts[0] in known else None))
+    return files, notes
+
+
+@dataclass
+class Prediction:
+    """One CSV row: the prediction for a file, or why it could not be read."""
+
+    path: str
+    label: str | None
+    probs: np.ndarray | None = None
+    error: str | None = None
+
+
+@dataclass
+class PredictResult:
+    """Predictions for every input file, and accuracy over the labelled readable ones."""
+
+    rows: list[Prediction]
+    class_names: list[str]
+    tta: str
+
+    @property
+    def n_unreadable(self) -> int:
+        """Files that could not be decoded."""
+        return sum(r.error is not None for r in self.rows)
+
+    @property
+    def labelled(self) -> list[Prediction]:
+        """Readable files with a known true class."""
+        return [r for r in self.rows if r.label is not None and r.probs is not None]
+
+    @property
+    def accuracy(self) -> float | None:
+        """Top-1 accuracy over labelled readable files (``None`` when there are none)."""
+        rows = self.labelled
+        if not rows:
+            return None
+        index = {c: i for i, c in enumerate(self.class_names)}
+        return float(np.mean([int(np.argmax(r.probs)) == index[r.label] for r in rows]))
+
+
+def decode_file(path: str, size: int, transform: A.Compose) -> tuple[np.ndarray | None, str | None]:
+    """Decode, resize and eval-transform one file; ``(None, reason)`` when it cannot be read."""
+    try:
+        return apply(transform, load_image(path, size)), None
+    except ImageDecodeError as err:
+        return None, err.reason
+    except Exception as err:  # noqa: BLE001 - one bad file must never stop the run
+        return None, f"{type(err).__name__}: {err}"
+
+
+def _chunks(items: Sequence[InputFile], n: int) -> Iterator[Sequence[InputFile]]:
+    for i in range(0, len(items), n):
+        yield items[i : i + n]
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto``: the GPU when there is one, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_tta(tta: TTA, spec: InferenceSpec) -> str:
+    """``auto`` averages horizontal flips only for models trained with them (flip-invariant)."""
+    if tta == "auto":
+        return "hflip" if spec.train_flips.get("hflip") else "none"
+    return tta
+
+
+@torch.inference_mode()
+def predict_probs(model: ImageClassifier, batch: torch.Tensor, tta: str = "none") -> torch.Tensor:
+    """Class probabilities for a uint8 NCHW batch, optionally averaged over horizontal flips."""
+    probs = model(batch).float().softmax(dim=1)
+    if tta == "hflip":
+        probs = (probs + model(batch.flip(-1)).float().softmax(dim=1)) / 2
+    return probs
+
+
+def predict_files(
+    model: ImageClassifier,
+    spec: InferenceSpec,
+    files: Sequence[InputFile],
+    *,
+    batch_size: int = 64,
+    tta: str = "none",
+    workers: int | None = None,
+) -> PredictResult:
+    """Decode and classify files in batches; unreadable files become rows with the reason.
+
+    Decoding runs in a thread pool one batch ahead of the model (PIL releases the GIL).
+    """
+    device = next(model.parameters()).device
+    rows: list[Prediction] = []
+    workers = workers or min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(workers) as pool:
+
+        def submit(chunk: Sequence[InputFile]) -> list[Future]:
+            return [
+                pool.submit(decode_file, f.path, spec.image_size, spec.transform) for f in chunk
+            ]
+
+        chunks = list(_chunks(files, batch_size))
+        pending = submit(chunks[0]) if chunks else []
+        for i, chunk in enumerate(chunks):
+            decoded = [fut.result() for fut in pending]
+            pending = submit(chunks[i + 1]) if i + 1 < len(chunks) else []
+            ok = [j for j, (img, _) in enumerate(decoded) if img is not None]
+            probs = None
+            if ok:
+                batch = torch.from_numpy(np.stack([decoded[j][0] for j in ok])).permute(0, 3, 1, 2)
+                probs = predict_probs(model, batch.to(device), tta).cpu().numpy()
+            where = {j: k for k, j in enumerate(ok)}
+            for j, f in enumerate(chunk):
+                if j in where:
+                    rows.append(Prediction(f.path, f.label, probs=probs[where[j]]))
+                else:
+                    rows.append(Prediction(f.path, f.label, error=decoded[j][1]))
+    return PredictResult(rows, list(spec.class_names), tta)
+
+
+def write_csv(result: PredictResult, output: str | Path, topk: int = 3) -> Path:
+    """Write one row per input file.
+
+    Columns: ``path, status`` (``ok``/``error``), ``pred, prob`` (top class and its
+    probability), ``true, correct`` (empty outside labelled folders), ``top1, top1_prob ...
+    topK, topK_prob`` and ``error`` (why an unreadable file could not be read).
+    """
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    k = max(1, min(topk, len(result.class_names)))
+    names = result.class_names
+    header = ["path", "status", "pred", "prob", "true", "correct"]
+    for i in range(1, k + 1):
+        header += [f"top{i}", f"top{i}_prob"]
+    header.append("error")
+    tmp = output.with_name(output.name + ".tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        for r in result.rows:
+            true = r.label or ""
+            if r.probs is None:
+                writer.writerow([r.path, "error", "", "", true, ""] + ["", ""] * k + [r.error])
+                continue
+            order = np.argsort(-r.probs, kind="stable")[:k]
+            pred = names[order[0]]
+            correct = "" if r.label is None else int(pred == r.label)
+            tops: list[Any] = []
+            for j in order:
+                tops += [names[j], f"{r.probs[j]:.6f}"]
+            writer.writerow(
+                [r.path, "ok", pred, f"{r.probs[order[0]]:.6f}", true, correct] + tops + [""]
+            )
+    tmp.replace(output)
+    return output
+
+
+def run_predict(
+    ckpt: str | Path,
+    inputs: Sequence[str | Path],
+    output: str | Path = "predictions.csv",
+    *,
+    topk: int = 3,
+    tta: TTA = "none",
+    batch_size: int = 64,
+    device: str = "auto",
+    image_size: int | None = None,
+    quiet: bool = False,
+) -> PredictResult:
+    """Predict every file under ``inputs`` with the checkpoint and write the CSV.
+
+    Args:
+        ckpt: Checkpoint written by ``fit`` (self-contained: no config or data needed).
+        inputs: Folders (searched at any depth) and/or files.
+        output: CSV to write (one row per input file).
+        topk: Number of top classes per row.
+        tta: ``none``; ``hflip`` averages the image and its mirror; ``auto`` flips only
+            for models trained with horizontal flips.
+        batch_size: Images per forward pass.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        image_size: Override for checkpoints that record no input size.
+        quiet: Print nothing.
+
+    Returns:
+        The predictions; ``accuracy`` is set when inputs sit in ``CLASS/`` folders.
+    """
+    model, spec = load_classifier(ckpt, image_size=image_size, device=resolve_device(device))
+    files, notes = collect_inputs(inputs, spec.class_names)
+    mode = resolve_tta(tta, spec)
+    if mode == "hflip" and not spec.train_flips.get("hflip") and not quiet:
+        print(
+            "note: --tta hflip on a model trained without horizontal flips may lower accuracy",
+            file=sys.stderr,
+        )
+    start = time.perf_counter()
+    result = predict_files(model, spec, files, batch_size=batch_size, tta=mode)
+    seconds = time.perf_counter() - start
+    path = write_csv(result, output, topk)
+    if not quiet:
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
+        n = len(result.rows)
+        print(
+            f"predicted {n - result.n_unreadable}/{n} files in {seconds:.1f} s "
+            f"({n / max(seconds, 1e-9):.0f} files/s) -> {path} (tta {mode}, {spec.image_size}px)"
+        )
+        if result.n_unreadable:
+            print(
+                f"{result.n_unreadable} unreadable file(s), listed with status=error and the reason"
+            )
+        if result.accuracy is not None:
+            m = len(result.labelled)
+            se = math.sqrt(result.accuracy * (1 - result.accuracy) / m)
+            print(f"accuracy {result.accuracy:.4f} (+/- {se:.4f}) on {m} labelled images")
+    return result
