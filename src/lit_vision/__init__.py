@@ -7,8 +7,8 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 from lit_vision.data import ImageDataset, ImageFolderDataModule  # noqa: E402
 from lit_vision.digits import DigitsDataModule  # noqa: E402
-from lit_vision.models import CNNClassifier, ImageClassifier  # noqa: E402
-from lit_vision.networks import SimpleCNN  # noqa: E402
+from lit_vision.models import CNNClassifier, ImageClassifier, TransferClassifier  # noqa: E402
+from lit_vision.networks import SimpleCNN, TransferNet  # noqa: E402
 from lit_vision.schedulers import WarmupCosineLR  # noqa: E402
 
 __version__ = "0.1.0"
@@ -20,6 +20,8 @@ __all__ = [
     "ImageDataset",
     "ImageFolderDataModule",
     "SimpleCNN",
+    "TransferClassifier",
+    "TransferNet",
     "WarmupCosineLR",
     "__version__",
 ]

@@ -17,8 +17,9 @@ from lit_vision.images import ImageDecodeError
 from lit_vision.insight import InsightCallback, track_setup_time
 from lit_vision.predict import CheckpointError
 from lit_vision.split import SplitError, split_dataset
+from lit_vision.weights import WeightsError
 
-USER_ERRORS = (DataError, SplitError, ImageDecodeError, FileNotFoundError, CheckpointError)
+USER_ERRORS = (DataError, SplitError, ImageDecodeError, FileNotFoundError, CheckpointError, WeightsError)
 
 
 def auto_precision(accelerator: str | None) -> str:

