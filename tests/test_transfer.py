@@ -265,3 +265,14 @@ def test_ddp_two_processes_keep_unfrozen_backbone_in_sync(split_tree, tmp_path):
     sums = [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)]
     assert sums[0] == sums[1]
     assert _changed(before, _snapshot(model), "features.")
+
+
+@pytest.mark.parametrize("backbone", ["mobilenetv3_small_050", "resnet18", "test_vit"])
+def test_backbones_build_and_every_head_param_gets_grad(backbone):
+    net = TransferNet(backbone, 4, pooling="avgmax", hidden=8, dropout=0.1)
+    size = 32 if "vit" not in backbone else net.data_config()["input_size"][-1]
+    out = net(torch.randn(2, 3, size, size))
+    assert out.shape == (2, 4)
+    out.sum().backward()
+    assert all(p.grad is not None for p in net.parameters())
+    assert len(net.groups()) >= 2 and sum(len(g) for g in net.groups()) == len(list(net.features.parameters()))

@@ -112,7 +112,10 @@ class SimpleCNN(nn.Module):
         self.num_features = c_in
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.pool(self.features(x)))
+        f = self.features(x)
+        if f.ndim == 3:  # transformer tokens (N, L, C): pool over tokens like a 1-pixel-high map
+            f = f.transpose(1, 2).unsqueeze(2)
+        return self.head(self.pool(f))
 
 
 class TransferNet(nn.Module):
@@ -124,7 +127,8 @@ class TransferNet(nn.Module):
 
     Args:
         backbone: timm architecture name (``efficientnet_lite0``, ``mobilenetv3_large_100``,
-            ``resnet50``, ``legacy_xception``...): any timm CNN whose features are NCHW maps.
+            ``resnet50``, ``legacy_xception``...); CNN maps are pooled spatially, transformer
+            tokens over the tokens.
         num_classes: Output classes.
         pooling: Global pooling of the feature map.
         hidden: Units of the head's hidden layer (0 for none).
@@ -157,7 +161,8 @@ class TransferNet(nn.Module):
             num_classes=0, global_pool="",
         )
         self.pool = GlobalPool(pooling)
-        self.num_features = int(self.features.num_features)
+        # MobileNetV3 & co. keep a 1x1 conv head after the stages: its width is what comes out.
+        self.num_features = int(getattr(self.features, "head_hidden_size", None) or self.features.num_features)
         self.head = classifier_head(
             self.num_features * self.pool.multiplier, num_classes, hidden=hidden, dropout=dropout
         )
@@ -182,4 +187,7 @@ class TransferNet(nn.Module):
         return [[params[n] for n in g] for g in names if g]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.pool(self.features(x)))
+        f = self.features(x)
+        if f.ndim == 3:  # transformer tokens (N, L, C): pool over tokens like a 1-pixel-high map
+            f = f.transpose(1, 2).unsqueeze(2)
+        return self.head(self.pool(f))
