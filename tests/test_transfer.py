@@ -67,6 +67,7 @@ class Probe(Callback):
             "backbone_state": sum(1 for p in backbone if p in opt.state),
             "groups": [g["name"] for g in opt.param_groups],
             "weights": _snapshot(pl_module),
+            "opt_state": {k: {n: t.clone() for n, t in v.items()} for k, v in opt.state_dict()["state"].items()},
         }
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
@@ -121,11 +122,12 @@ def test_param_groups_and_lr(split_tree):
 
 @pytest.mark.parametrize("phase_at_save", [0, 1])
 def test_resume_continues_in_the_right_phase(split_tree, tmp_path, phase_at_save):
-    # freeze_epochs=2: a checkpoint after epoch 0 is in the frozen phase (resume at epoch 1:
-    # still frozen); one after epoch 2 is unfrozen (resume at epoch 3: unfrozen, with state).
-    saved_after = 0 if phase_at_save == 0 else 2
+    # A checkpoint after epoch 0 of freeze_epochs=2 is in the frozen phase (resume at epoch 1:
+    # still frozen); one after epoch 1 of freeze_epochs=1 is unfrozen (resume at epoch 2:
+    # unfrozen, with the backbone's optimizer state).
+    freeze_epochs, saved_after = (2, 0) if phase_at_save == 0 else (1, 1)
     first = _trainer(tmp_path / "a", saved_after + 1)
-    model = _model()
+    model = _model(freeze_epochs=freeze_epochs)
     first.fit(model, _data(split_tree))
     ckpt = tmp_path / "resume.ckpt"
     first.save_checkpoint(ckpt)
@@ -133,7 +135,7 @@ def test_resume_continues_in_the_right_phase(split_tree, tmp_path, phase_at_save
     saved_state = saved["optimizer_states"][0]["state"]
 
     probe = Probe()
-    resumed = _model()  # fresh module: requires_grad all True, like a new process
+    resumed = _model(freeze_epochs=freeze_epochs)  # fresh module: requires_grad all True, like a new process
     _trainer(tmp_path / "b", saved_after + 2, [probe]).fit(resumed, _data(split_tree), ckpt_path=ckpt)
     epoch = saved_after + 1
     start = probe.start[epoch]
@@ -147,7 +149,10 @@ def test_resume_continues_in_the_right_phase(split_tree, tmp_path, phase_at_save
         if k.startswith("net."):
             assert torch.equal(start["weights"][k[len("net."):]], v), k
     assert start["backbone_state"] == (0 if phase_at_save == 0 else n_backbone)
-    assert len(saved_state) == len(first.optimizers[0].state)
+    assert start["opt_state"].keys() == saved_state.keys()
+    for k, v in saved_state.items():
+        for name, t in v.items():
+            assert torch.equal(start["opt_state"][k][name], t), (k, name)
     if phase_at_save == 0:
         assert _changed(start["weights"], probe.end[epoch], "features.") == set()
     else:
