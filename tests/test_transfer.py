@@ -281,3 +281,13 @@ def test_backbones_build_and_every_head_param_gets_grad(backbone):
     out.sum().backward()
     assert all(p.grad is not None for p in net.parameters())
     assert len(net.groups()) >= 2 and sum(len(g) for g in net.groups()) == len(list(net.features.parameters()))
+
+
+def test_train_bn_false_keeps_running_stats_after_unfreezing(split_tree, tmp_path):
+    model = _model(freeze_epochs=0, train_bn=False)
+    before = _snapshot(model)
+    _trainer(tmp_path, 1).fit(model, _data(split_tree))
+    after = _snapshot(model)
+    stats = {k for k in before if k.startswith("features.") and ("running_" in k or "num_batches" in k)}
+    assert stats and not (_changed(before, after, "features.") & stats)
+    assert _changed(before, after, "features.") - stats  # the weights themselves do train
