@@ -127,7 +127,7 @@ def test_resume_continues_in_the_right_phase(split_tree, tmp_path, phase_at_save
     # unfrozen, with the backbone's optimizer state).
     freeze_epochs, saved_after = (2, 0) if phase_at_save == 0 else (1, 1)
     first = _trainer(tmp_path / "a", saved_after + 1)
-    model = _model(freeze_epochs=freeze_epochs)
+    model = _model(freeze_epochs=freeze_epochs, train_bn=True)
     first.fit(model, _data(split_tree))
     ckpt = tmp_path / "resume.ckpt"
     first.save_checkpoint(ckpt)
@@ -135,7 +135,7 @@ def test_resume_continues_in_the_right_phase(split_tree, tmp_path, phase_at_save
     saved_state = saved["optimizer_states"][0]["state"]
 
     probe = Probe()
-    resumed = _model(freeze_epochs=freeze_epochs)  # fresh module: requires_grad all True, like a new process
+    resumed = _model(freeze_epochs=freeze_epochs, train_bn=True)  # fresh module: requires_grad all True, like a new process
     _trainer(tmp_path / "b", saved_after + 2, [probe]).fit(resumed, _data(split_tree), ckpt_path=ckpt)
     epoch = saved_after + 1
     start = probe.start[epoch]
@@ -284,7 +284,7 @@ def test_backbones_build_and_every_head_param_gets_grad(backbone):
 
 
 def test_train_bn_false_keeps_running_stats_after_unfreezing(split_tree, tmp_path):
-    model = _model(freeze_epochs=0, train_bn=False)
+    model = _model(freeze_epochs=0)  # train_bn=False is the default
     before = _snapshot(model)
     _trainer(tmp_path, 1).fit(model, _data(split_tree))
     after = _snapshot(model)

@@ -269,8 +269,9 @@ class TransferClassifier(ImageClassifier):
     records nothing through a frozen backbone (head-only epochs cost a forward pass), their
     ``.grad`` stays ``None``, and optimizers skip them - weight decay and momentum included, so
     frozen weights stay bitwise unchanged. Frozen BatchNorm layers stay in eval mode (running
-    statistics untouched); ``train_bn=False`` keeps all backbone BatchNorm in eval mode after
-    unfreezing too (Keras's fine-tuning advice, useful with small batches).
+    statistics untouched); by default (``train_bn=False``) all backbone BatchNorm stays in eval
+    mode after unfreezing too (Keras's fine-tuning advice): with batches of 32, switching to
+    batch statistics cut val acc from 0.97 to 0.93 on cats/dogs and 0.95 to 0.81 on cracks.
 
     **One optimizer from the start.** ``param_groups()`` returns the head and the *whole*
     backbone as two groups (``name`` "head"/"backbone", shown by the LR monitor), so
@@ -305,7 +306,8 @@ class TransferClassifier(ImageClassifier):
             (timm's coarse groups: stem, stages, final conv); ``None`` for all, 0 for none.
         backbone_lr: Backbone learning rate once unfrozen (overrides ``backbone_lr_scale``).
         backbone_lr_scale: Backbone learning rate as a fraction of the optimizer's ``lr``.
-        train_bn: Whether unfrozen BatchNorm layers update their statistics.
+        train_bn: Whether unfrozen BatchNorm layers use batch statistics and update their
+            running ones (off: they keep the pretrained ones, better with small batches).
         optimizer: Optimizer factory (its ``lr`` is the head's).
         scheduler: Optional LR scheduler factory.
         label_smoothing: Cross-entropy label smoothing.
@@ -329,7 +331,7 @@ class TransferClassifier(ImageClassifier):
         unfreeze_blocks: int | None = None,
         backbone_lr: float | None = None,
         backbone_lr_scale: float = 0.02,
-        train_bn: bool = True,
+        train_bn: bool = False,
         optimizer: OptimizerCallable = torch.optim.Adam,
         scheduler: LRSchedulerCallable | None = None,
         label_smoothing: float = 0.0,
