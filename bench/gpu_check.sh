@@ -5,6 +5,7 @@
 # .venv-gpu (with the system's torch) and installs the missing ones. About 2-4 minutes.
 #   bash bench/gpu_check.sh                 # EPOCHS=3 TRAIN_PER_CLASS=200 by default
 #   PYTHON=/opt/conda/bin/python bash bench/gpu_check.sh
+#   TORCH_ONLY=1 bash bench/gpu_check.sh     # skip the lit_vision fits (about 30 s)
 # Prints a summary between "=== lit_vision GPU check ===" lines. If the lit_vision dependencies
 # (lightning, torchmetrics, jsonargparse, albumentations, tensorboard) cannot be imported or
 # installed (no network), it still runs the torch-only part: SimpleCNN training steps on
@@ -13,6 +14,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
 WORK=${WORK:-$(mktemp -d /tmp/lv_gpu_check.XXXXXX)}
+mkdir -p "$WORK"
 EPOCHS=${EPOCHS:-3}
 TRAIN_PER_CLASS=${TRAIN_PER_CLASS:-200}
 PY=${PYTHON:-$(command -v python3 || command -v python)}
@@ -42,7 +44,9 @@ PYEOF
 
 deps_ok() { "$1" -c "import lit_vision.cli, tensorboard" >/dev/null 2>&1; }
 FULL=1
-if ! deps_ok "$PY"; then
+if [ "${TORCH_ONLY:-0}" = 1 ]; then
+    FULL=0
+elif ! deps_ok "$PY"; then
     VENV="$REPO/.venv-gpu"
     if [ ! -x "$VENV/bin/python" ]; then
         "$PY" -m venv --system-site-packages "$VENV" || FULL=0
@@ -87,7 +91,7 @@ PYEOF
         local name=$1; shift
         local log="$WORK/$name.log"
         local start=$SECONDS
-        timeout 200 "$PY" -m lit_vision fit --config configs/gtsrb_cnn.yaml --data.root "$WORK/data" \
+        timeout 150 "$PY" -m lit_vision fit --config configs/gtsrb_cnn.yaml --data.root "$WORK/data" \
             --trainer.max_epochs "$EPOCHS" --trainer.enable_progress_bar false \
             --trainer.logger.init_args.save_dir "$WORK/tb_$name" "$@" > "$log" 2>&1
         local rc=$?
