@@ -13,6 +13,7 @@ from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCL
 from lightning.pytorch.utilities import rank_zero_info
 
 from lit_vision.data import DataError
+from lit_vision.distributed import RunSummary, ScaleLR
 from lit_vision.images import ImageDecodeError
 from lit_vision.insight import InsightCallback, track_setup_time
 from lit_vision.predict import CheckpointError
@@ -22,11 +23,27 @@ from lit_vision.weights import WeightsError
 USER_ERRORS = (DataError, SplitError, ImageDecodeError, FileNotFoundError, CheckpointError, WeightsError)
 
 
-def auto_precision(accelerator: str | None) -> str:
-    """Mixed precision on a GPU that supports it (bf16, else fp16), full precision elsewhere."""
-    if accelerator in (None, "auto", "gpu", "cuda") and torch.cuda.is_available():
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    return "32-true"
+def auto_precision(accelerator: object = None, strategy: object = None) -> str:
+    """Mixed precision on a GPU that supports it (bf16, else fp16), full precision elsewhere.
+
+    ``accelerator`` is the trainer's (``auto``, ``gpu``, ``cuda``, ``cpu``, ...): only CUDA
+    gets mixed precision, so ``cpu`` (or ``auto`` without a GPU) stays ``32-true`` unless
+    ``--trainer.precision`` asks otherwise. bf16 needs native support (Ampere or newer;
+    emulated bf16 on older cards is slower than fp16). Fork-based strategies (``ddp_fork``,
+    ``ddp_notebook``) must not touch CUDA before forking, so they get fp16, which every CUDA
+    GPU runs.
+    """
+    name = accelerator if isinstance(accelerator, str) or accelerator is None else type(accelerator).__name__
+    name = (name or "auto").lower().replace("accelerator", "")
+    if name not in ("auto", "gpu", "cuda") or not torch.cuda.is_available():
+        return "32-true"
+    if isinstance(strategy, str) and ("fork" in strategy or "notebook" in strategy):
+        return "16-mixed"
+    try:
+        bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # torch < 2.4 has no including_emulation and reports native support only
+        bf16 = torch.cuda.is_bf16_supported()
+    return "bf16-mixed" if bf16 else "16-mixed"
 
 
 class LitVisionCLI(LightningCLI):
@@ -48,19 +65,29 @@ class LitVisionCLI(LightningCLI):
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.set_defaults({"lr_monitor.logging_interval": "epoch"})
         parser.add_lightning_class_args(InsightCallback, "insight")
-
-    def instantiate_classes(self) -> None:
-        super().instantiate_classes()
-        # DataModule.setup runs before any callback hook, so the report's data-preparation
-        # time is measured by wrapping it here.
-        if self.datamodule is not None:
-            track_setup_time(self.datamodule)
+        parser.add_lightning_class_args(RunSummary, "run_summary")
+        parser.add_argument(
+            "--scale_lr",
+            type=ScaleLR,
+            default="none",
+            help="Scale the configured learning rates with the effective batch: k = world size x "
+            "accumulate_grad_batches; linear (x k), sqrt (x sqrt(k)) or none.",
+        )
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         if config.trainer.precision is None:
-            config.trainer.precision = auto_precision(config.trainer.accelerator)
+            config.trainer.precision = auto_precision(config.trainer.accelerator, config.trainer.strategy)
         rank_zero_info(f"lit_vision: precision {config.trainer.precision}")
+
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        self.model.scale_lr = config.get("scale_lr") or "none"  # read in configure_optimizers
+        # DataModule.setup runs before any callback hook, so the report's data-preparation
+        # time is measured by wrapping it here.
+        if self.datamodule is not None:
+            track_setup_time(self.datamodule)
 
 
 TRAINER_DEFAULTS = {

@@ -12,8 +12,9 @@ import albumentations as A
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import rank_zero_info
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lit_vision.images import is_image_file, load_image
 from lit_vision.transforms import apply, eval_transforms, train_transforms
@@ -215,6 +216,8 @@ class ImageFolderDataModule(L.LightningDataModule):
     def _use_cache(self, n_images: int) -> bool:
         if self.cache == "auto":
             need = n_images * self._resolve_image_size() ** 2 * 3
+            # Under DDP every process on a node holds its own copy.
+            need *= self.trainer.num_devices if self.trainer is not None else 1
             return need <= self.cache_budget_gb * 1024**3
         return bool(self.cache)
 
@@ -271,12 +274,26 @@ class ImageFolderDataModule(L.LightningDataModule):
             + f", {self.num_classes} classes, {self.image_size}px"
         )
 
+    def _eval_sampler(self, dataset: Dataset) -> Sampler | None:
+        """Under several processes, each evaluates a disjoint share, every sample exactly once.
+
+        Lightning's default DistributedSampler pads the last share with repeated samples, which
+        would count them twice in val/test metrics. Lightning keeps a DistributedSampler it is
+        given, so training still gets its own (shuffled, padded, which is harmless there).
+        """
+        kwargs = self.trainer.distributed_sampler_kwargs if self.trainer is not None else None
+        if not kwargs or kwargs.get("num_replicas", 1) <= 1:
+            return None
+        return UnrepeatedDistributedSampler(dataset, shuffle=False, **kwargs)
+
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         workers = self.num_workers
+        sampler = None if shuffle else self._eval_sampler(self.datasets[split])
         return DataLoader(
             self.datasets[split],
             batch_size=self.batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             num_workers=workers,
             persistent_workers=workers > 0,
             pin_memory=torch.cuda.is_available(),

@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image
 
 from lit_vision.data import ImageFolderDataModule
+from lit_vision.distributed import file_lock
 from lit_vision.split import split_dataset
 
 
@@ -27,7 +28,16 @@ def materialize_digits(root: str | Path, *, size: int = 32, seed: int = 0) -> Pa
     root = Path(root).expanduser()
     if (root / "split_manifest.csv").is_file():
         return root
-    digits = load_digits()
+    # Every DDP process builds the DataModule (torchrun/srun start them together): the first
+    # writes the tree, the others wait on the lock and then find it complete.
+    with file_lock(root):
+        if (root / "split_manifest.csv").is_file():
+            return root
+        return _write_digits(root, size, seed, load_digits())
+
+
+def _write_digits(root: Path, size: int, seed: int, digits) -> Path:
+    """Write the digit images into ``root`` via a staging folder (caller holds the lock)."""
     with tempfile.TemporaryDirectory(prefix="digits_raw_") as raw:
         raw = Path(raw)
         for i, (image, label) in enumerate(zip(digits.images, digits.target, strict=True)):

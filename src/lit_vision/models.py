@@ -10,9 +10,10 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
-from torchmetrics import MetricCollection
+from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
+from lit_vision.distributed import ScaleLR, broadcast_buffers, lr_scale_factor, scale_learning_rates
 from lit_vision.networks import Pooling, SimpleCNN, TransferNet
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -80,10 +81,17 @@ class ImageClassifier(L.LightningModule):
         self.train_metrics = _stage_metrics(num_classes, "train/")
         self.val_metrics = _stage_metrics(num_classes, "val/")
         self.test_metrics = _stage_metrics(num_classes, "test/")
+        # Sample-weighted mean loss per stage as metrics: torchmetrics syncs float sums and
+        # weights, whereas self.log(sync_dist=True) floors the integer sample count when DDP
+        # ranks hold unequal val shares (Lightning issue #21859), inflating val/loss.
+        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
         self.net: nn.Module
 
     # Preferred input side for the DataModule when ``data.image_size`` is not set.
     default_image_size: int | None = None
+
+    # LR scaling with the effective batch (``--scale_lr``, set by the CLI); see lr_scale_factor.
+    scale_lr: ScaleLR = "none"
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 0-255 or float 0-1 images to normalised float, in the model's memory format."""
@@ -111,13 +119,18 @@ class ImageClassifier(L.LightningModule):
         metrics = getattr(self, f"{stage}_metrics")
         metrics.update(logits.detach(), y)
         on_step = stage == "train"
-        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True,
-                 sync_dist=stage != "train", batch_size=len(y))
+        mean_loss = getattr(self, f"{stage}_loss")
+        mean_loss(loss.detach(), len(y))  # the step value (this rank's) and the epoch accumulation
+        self.log(f"{stage}/loss", mean_loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(y))
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train")
         return loss
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")
+
+    def on_validation_epoch_start(self) -> None:
+        # Under DDP: evaluate the BatchNorm statistics rank 0 checkpoints, on every rank.
+        broadcast_buffers(self)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._step(batch, "val")
@@ -143,6 +156,12 @@ class ImageClassifier(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.param_groups())
+        if self.scale_lr != "none" and self._trainer is not None:
+            # Before the scheduler is built, so its base LRs are the scaled ones.
+            trainer = self.trainer
+            scale_learning_rates(
+                optimizer, lr_scale_factor(self.scale_lr, trainer.world_size, trainer.accumulate_grad_batches)
+            )
         if self.scheduler_factory is None:
             return optimizer
         kwargs = getattr(self.scheduler_factory, "keywords", {})
