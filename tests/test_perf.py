@@ -9,6 +9,7 @@ import torch
 
 from lit_vision import cli
 from lit_vision.cli import auto_precision, main
+from lit_vision.transforms import BatchAugment
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,6 +28,9 @@ def test_fit_with_batch_and_sample_augmentation(
     split_tree: Path, tmp_path: Path, augment: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)  # fast_dev_run checkpoints land in the working directory
+    calls: list[torch.Tensor] = []
+    original = BatchAugment.__call__
+    monkeypatch.setattr(BatchAugment, "__call__", lambda self, x: calls.append(x) or original(self, x))
     run = main([
         "fit", "--config", str(REPO / "configs" / "gtsrb_cnn.yaml"), "--data.root", str(split_tree),
         "--data.augment", augment, "--data.num_workers", "0", "--data.batch_size", "4",
@@ -35,6 +39,8 @@ def test_fit_with_batch_and_sample_augmentation(
     ])
     assert run.trainer.state.finished
     assert (run.datamodule.batch_augment is not None) == (augment == "batch")
+    # fast_dev_run: one training batch augmented on the device, the validation batch left alone
+    assert len(calls) == (1 if augment == "batch" else 0)
 
 
 def test_compile_flag_keeps_state_dict_keys() -> None:
