@@ -194,6 +194,9 @@ class BatchedImages(Dataset):
     decode + per-sample transform when streaming) into a single array, instead of building
     and collating one tensor per sample. Use with ``collate_fn=collate_batch``. Images come
     back ``(N, 3, H, W)`` uint8 with channels-last strides (no copy needed for the model).
+
+    Args:
+        dataset: The per-sample dataset (its cache, transform and samples are used).
     """
 
     def __init__(self, dataset: ImageDataset) -> None:
