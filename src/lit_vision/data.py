@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import albumentations as A
 import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lit_vision.images import is_image_file, load_image
-from lit_vision.transforms import apply, eval_transforms, train_transforms
+from lit_vision.transforms import BatchAugment, apply, eval_transforms, train_transforms
 
 Stage = Literal["train", "val", "test"]
 Sample = tuple[str, int]
@@ -88,6 +91,68 @@ def decode_all(paths: Sequence[str], size: int, *, workers: int | None = None, d
     return out
 
 
+CACHE_VERSION = 1  # bump when decoding changes, so old cache files are not reused
+
+
+def cache_key(samples: Sequence[Sample], size: int) -> str:
+    """Hash of the file list (paths, sizes, mtimes, labels) and decode settings.
+
+    Any added, removed, renamed, rewritten or touched file gives a new key, so a stale cache
+    is never read.
+    """
+    h = hashlib.sha256(json.dumps({"version": CACHE_VERSION, "size": size}).encode())
+    for path, target in samples:
+        st = os.stat(path)
+        h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\0{target}\n".encode())
+    return h.hexdigest()[:20]
+
+
+def cached_decode(
+    samples: Sequence[Sample], size: int, cache_dir: str | Path | None, *, name: str = ""
+) -> np.ndarray:
+    """Decoded ``(N, size, size, 3)`` uint8 images, from ``cache_dir`` when a valid file is there.
+
+    The first run decodes (in parallel) and writes ``NAME-SIZEpx-KEY.npy`` atomically (a
+    temporary file, then ``os.replace``), so processes starting together (DDP ranks) never
+    read a half-written file; later runs memory-map it and start at once. Without
+    ``cache_dir``, or when it is not writable, the images are decoded in memory only.
+
+    Args:
+        samples: ``(path, class_index)`` pairs, in dataset order.
+        size: Square side the images are resized to.
+        cache_dir: Folder for the cache file, or ``None`` for no disk cache.
+        name: Prefix of the file name (the split).
+    """
+    paths = [p for p, _ in samples]
+    if cache_dir is None:
+        return decode_all(paths, size, desc=name)
+    cache_dir = Path(cache_dir)
+    prefix = f"{name or 'images'}-{size}px-"
+    target = cache_dir / f"{prefix}{cache_key(samples, size)}.npy"
+    if target.is_file():
+        try:
+            arr = np.load(target, mmap_mode="r")
+            if arr.shape == (len(samples), size, size, 3) and arr.dtype == np.uint8:
+                return arr
+        except (OSError, ValueError):
+            pass  # unreadable or truncated by a crash: decode again and replace it
+    arr = decode_all(paths, size, desc=name)
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = cache_dir / f".{prefix}{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp.npy"
+        try:
+            np.save(tmp, arr)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        for stale in cache_dir.glob(f"{prefix}*.npy"):
+            if stale != target:
+                stale.unlink(missing_ok=True)  # an older version of these files
+    except OSError as err:
+        rank_zero_warn(f"lit_vision: not caching decoded images in {cache_dir}: {err}")
+    return arr
+
+
 class ImageDataset(Dataset):
     """Images with integer labels, returned as ``(uint8 CHW tensor, label)``.
 
@@ -118,7 +183,47 @@ class ImageDataset(Dataset):
         path, target = self.samples[i]
         image = self.cache[i] if self.cache is not None else load_image(path, self.image_size)
         image = apply(self.transform, image)
+        if not image.flags.writeable:  # a row of the read-only memmapped disk cache
+            image = image.copy()
         return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1), target
+
+
+class BatchedImages(Dataset):
+    """A view of an :class:`ImageDataset` that the DataLoader fetches a whole batch at a time.
+
+    ``__getitems__`` gathers the batch with one fancy index into the cache (or one loop of
+    decode + per-sample transform when streaming) into a single array, instead of building
+    and collating one tensor per sample. Use with ``collate_fn=collate_batch``. Images come
+    back ``(N, 3, H, W)`` uint8 with channels-last strides (no copy needed for the model).
+
+    Args:
+        dataset: The per-sample dataset (its cache, transform and samples are used).
+    """
+
+    def __init__(self, dataset: ImageDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.dataset[i]
+
+    def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        ds = self.dataset
+        identity = ds.transform is None or not ds.transform.transforms
+        if ds.cache is not None and identity:
+            images = ds.cache[np.asarray(indices)]  # one gather (a copy, also from a memmap)
+        else:
+            images = np.stack([apply(ds.transform, ds.cache[i] if ds.cache is not None
+                                     else load_image(ds.samples[i][0], ds.image_size)) for i in indices])
+        targets = torch.tensor([ds.targets[i] for i in indices], dtype=torch.long)
+        return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2), targets
+
+
+def collate_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Collate for :class:`BatchedImages`: the batch is already assembled."""
+    return batch
 
 
 class ImageFolderDataModule(L.LightningDataModule):
@@ -134,10 +239,19 @@ class ImageFolderDataModule(L.LightningDataModule):
         image_size: Square input side; ``None`` takes the model's preferred size (a
             pretrained backbone's) or 64.
         batch_size: Images per batch (per device).
-        num_workers: Loader processes; ``None`` picks ``min(4, cpu count)``.
+        num_workers: Loader processes; ``None`` picks 0 when a split is cached and augmented
+            per batch (a batch is one array gather, and workers would only compete with the
+            model for the CPU), else ``min(4, cpu count)`` to decode and augment in parallel.
         cache: Decode every image once into memory (``"auto"``: when the decoded arrays fit
             ``cache_budget_gb``) instead of decoding on every epoch.
         cache_budget_gb: Memory the ``"auto"`` cache may use for all splits together.
+        disk_cache: Also keep the decoded arrays on disk (memory-mapped on later runs, keyed
+            by the file list and ``image_size``), so a second run skips decoding.
+        cache_dir: Folder for the disk cache; defaults to ``ROOT/.lit_vision_cache``.
+        augment: ``"batch"``: the augmentations below, with their own random parameters per
+            image and epoch, vectorised over each batch after it reaches the device (fast, and
+            on the GPU when there is one). ``"sample"``: the same as an albumentations pipeline
+            run per image in the loader.
         hflip: Random horizontal flips in training.
         vflip: Random vertical flips in training.
         rotate: Maximum training rotation in degrees.
@@ -157,6 +271,9 @@ class ImageFolderDataModule(L.LightningDataModule):
         num_workers: int | None = None,
         cache: bool | Literal["auto"] = "auto",
         cache_budget_gb: float = 4.0,
+        disk_cache: bool = True,
+        cache_dir: str | Path | None = None,
+        augment: Literal["batch", "sample"] = "batch",
         hflip: bool = False,
         vflip: bool = False,
         rotate: float = 10.0,
@@ -184,11 +301,17 @@ class ImageFolderDataModule(L.LightningDataModule):
             raise DataError(f"missing folder {self.root / 'val'} (run `lit-vision split` first)")
         self.image_size = image_size
         self.batch_size = batch_size
-        self.num_workers = min(4, os.cpu_count() or 1) if num_workers is None else num_workers
+        self.num_workers = num_workers
         self.cache = cache
         self.cache_budget_gb = cache_budget_gb
         self.predict_root = Path(predict_root) if predict_root else None
         self.datasets: dict[str, ImageDataset] = {}
+        self.disk_cache = disk_cache
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else self.root / ".lit_vision_cache"
+        if augment not in ("batch", "sample"):
+            raise DataError(f"data.augment must be 'batch' or 'sample', not {augment!r}")
+        self.augment = augment
+        self.batch_augment: BatchAugment | None = None
 
     @property
     def num_classes(self) -> int:
@@ -230,7 +353,19 @@ class ImageFolderDataModule(L.LightningDataModule):
         size = self._resolve_image_size()
         cached = None
         if self._use_cache(len(samples)):
-            cached = decode_all([p for p, _ in samples], size, desc=split)
+            cached = cached_decode(samples, size, self.cache_dir if self.disk_cache else None, name=split)
+        augment = dict(
+            hflip=self.hparams.hflip,
+            vflip=self.hparams.vflip,
+            rotate=self.hparams.rotate,
+            scale=tuple(self.hparams.scale),
+            translate=self.hparams.translate,
+            shear=self.hparams.shear,
+            color_jitter=self.hparams.color_jitter,
+        )
+        if train and self.augment == "batch":
+            self.batch_augment = BatchAugment(**augment)
+            train = False  # the loader delivers plain images; on_after_batch_transfer augments
         transform = (
             train_transforms(
                 hflip=self.hparams.hflip,
@@ -286,20 +421,36 @@ class ImageFolderDataModule(L.LightningDataModule):
             return None
         return UnrepeatedDistributedSampler(dataset, shuffle=False, **kwargs)
 
+    def _workers(self, dataset: ImageDataset) -> int:
+        if self.num_workers is not None:
+            return self.num_workers
+        per_sample_work = dataset.cache is None or bool(dataset.transform and dataset.transform.transforms)
+        return min(4, os.cpu_count() or 1) if per_sample_work else 0
+
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        workers = self.num_workers
-        sampler = None if shuffle else self._eval_sampler(self.datasets[split])
+        dataset = self.datasets[split]
+        workers = self._workers(dataset)
+        sampler = None if shuffle else self._eval_sampler(dataset)
         return DataLoader(
-            self.datasets[split],
+            BatchedImages(dataset),
             batch_size=self.batch_size,
             shuffle=shuffle,
             sampler=sampler,
             num_workers=workers,
+            collate_fn=collate_batch,
             persistent_workers=workers > 0,
             pin_memory=torch.cuda.is_available(),
-            drop_last=shuffle and len(self.datasets[split]) > self.batch_size,
+            drop_last=shuffle and len(dataset) > self.batch_size,
             prefetch_factor=4 if workers > 0 else None,
         )
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Augment training batches on the device when ``augment="batch"``."""
+        trainer = self.trainer
+        if self.batch_augment is not None and trainer is not None and trainer.training:
+            images, targets = batch
+            return self.batch_augment(images), targets
+        return batch
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled training batches."""

@@ -52,6 +52,8 @@ class ImageClassifier(L.LightningModule):
         input_norm: ``dataset`` subtracts ``mean`` and divides by ``std``; ``image``
             standardises each image by its own mean and std (robust to the very dark and
             very bright photos of road signs; ignores ``mean``/``std``).
+        compile: Run the network through ``torch.compile`` (first steps are slow while it
+            compiles; checkpoints are unchanged).
     """
 
     def __init__(
@@ -65,6 +67,7 @@ class ImageClassifier(L.LightningModule):
         std: Sequence[float] | None = None,
         channels_last: bool = True,
         input_norm: Literal["dataset", "image"] = "dataset",
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
@@ -76,6 +79,7 @@ class ImageClassifier(L.LightningModule):
         self.label_smoothing = label_smoothing
         self.channels_last = channels_last
         self.input_norm = input_norm
+        self.compile = compile
         self.register_buffer("mean", torch.tensor(mean or IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std or IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.train_metrics = _stage_metrics(num_classes, "train/")
@@ -106,11 +110,16 @@ class ImageClassifier(L.LightningModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class logits for a batch of RGB images (NCHW, uint8 0-255 or float 0-1)."""
-        return self.net(self.normalize(x))
+        # The compiled wrapper shares self.net's parameters but is not a registered submodule,
+        # so state_dict keys (checkpoints, exports) stay those of the plain network.
+        net = self.__dict__.get("_compiled_net") or self.net
+        return net(self.normalize(x))
 
     def configure_model(self) -> None:
         if self.channels_last:
             self.net.to(memory_format=torch.channels_last)
+        if self.compile and "_compiled_net" not in self.__dict__:
+            self.__dict__["_compiled_net"] = torch.compile(self.net)
 
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
         x, y = batch
@@ -238,6 +247,7 @@ class CNNClassifier(ImageClassifier):
         std: Normalisation std.
         channels_last: Channels-last memory format.
         input_norm: ``dataset`` (mean/std) or per-``image`` standardisation.
+        compile: Compile the network with ``torch.compile``.
     """
 
     def __init__(
@@ -259,9 +269,11 @@ class CNNClassifier(ImageClassifier):
         std: Sequence[float] | None = None,
         channels_last: bool = True,
         input_norm: Literal["dataset", "image"] = "dataset",
+        compile: bool = False,
     ) -> None:
         super().__init__(
-            num_classes, class_names, optimizer, scheduler, label_smoothing, mean, std, channels_last, input_norm
+            num_classes, class_names, optimizer, scheduler, label_smoothing, mean, std, channels_last, input_norm,
+            compile,
         )
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.net = SimpleCNN(
