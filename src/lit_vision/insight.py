@@ -344,16 +344,24 @@ class InsightCallback(Callback):
     def _evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str, when: str,
                   figures_due: bool) -> None:
         preds, self._preds = self._preds, None
-        if preds is None or not preds.probs:
-            return
-        names = list(getattr(pl_module, "class_names", None) or [])
-        targets, predicted = preds.arrays()
         if trainer.world_size > 1:
-            # Every rank holds its shard; Lightning's DistributedSampler pads the shards to equal
-            # length, so they gather into one array (a few padded duplicates included).
-            both = torch.from_numpy(np.stack([targets, predicted]))
-            gathered = pl_module.all_gather(both.to(pl_module.device)).cpu()
-            targets, predicted = (gathered.permute(1, 0, 2).reshape(2, -1)).numpy()
+            # Every rank must join the gathers, even one with no predictions. Shards differ in
+            # length (each sample is evaluated exactly once), so pad with -1 and drop it after.
+            targets, predicted = preds.arrays() if preds is not None else (np.zeros(0, np.int64),) * 2
+            counts = pl_module.all_gather(torch.tensor(len(targets), device=pl_module.device))
+            padded = np.full((2, int(counts.max())), -1, dtype=np.int64)
+            padded[:, : len(targets)] = np.stack([targets, predicted])
+            gathered = pl_module.all_gather(torch.from_numpy(padded).to(pl_module.device)).cpu()
+            targets, predicted = gathered.permute(1, 0, 2).reshape(2, -1).numpy()
+            keep = targets >= 0
+            targets, predicted = targets[keep], predicted[keep]
+            if not len(targets):
+                return
+        elif preds is None or not preds.probs:
+            return
+        else:
+            targets, predicted = preds.arrays()
+        names = list(getattr(pl_module, "class_names", None) or [])
         n = max(len(names), int(targets.max()) + 1, int(predicted.max()) + 1)
         names = names if len(names) == n else [str(i) for i in range(n)]
         cm = figures.confusion_matrix(targets, predicted, n)
@@ -366,7 +374,7 @@ class InsightCallback(Callback):
         step = trainer.current_epoch if stage == "val" else trainer.global_step
         title = f"{stage} {when}"
         figs = {f"{stage}/confusion_matrix": figures.confusion_matrix_figure(cm, names, title)}
-        if self.worst_k > 0:
+        if self.worst_k > 0 and preds is not None:
             w = preds.worst
             figs[f"{stage}/worst_misclassified"] = figures.worst_images_figure(
                 [x[1] for x in w], [x[2] for x in w], [x[3] for x in w], [x[4] for x in w], names,
@@ -377,11 +385,12 @@ class InsightCallback(Callback):
             figures.plt.close(fig)
 
     def _finish(self, trainer: L.Trainer, pl_module: L.LightningModule, status: str) -> None:
+        # trainer.log_dir broadcasts from rank 0: every rank must ask, before the rank check.
+        log_dir = trainer.log_dir or trainer.default_root_dir
         if trainer.global_rank != 0:
             return
         r = self.report
         loggers = self._tb_loggers(trainer)
-        log_dir = trainer.log_dir or trainer.default_root_dir
         first = loggers[0] if loggers else None
         r["run"].update(
             status=status, updated=_now(), log_dir=str(log_dir), command=" ".join(sys.argv),
