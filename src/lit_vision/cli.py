@@ -2,21 +2,31 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
-from jsonargparse import ArgumentParser
-from lightning.pytorch import LightningDataModule, LightningModule
+from jsonargparse import ArgumentError, ArgumentParser, Namespace
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 
+from lit_vision.check import scan_dataset
 from lit_vision.data import DataError
 from lit_vision.images import ImageDecodeError
+from lit_vision.resume import (
+    AtomicCheckpointIO,
+    FaultTolerance,
+    NonFiniteLossError,
+    find_last_checkpoint,
+)
 from lit_vision.split import SplitError, split_dataset
 
-USER_ERRORS = (DataError, SplitError, ImageDecodeError, FileNotFoundError)
+USER_ERRORS = (DataError, SplitError, ImageDecodeError, FileNotFoundError, NonFiniteLossError)
 
 
 def auto_precision(accelerator: str | None) -> str:
@@ -43,13 +53,49 @@ class LitVisionCLI(LightningCLI):
             }
         )
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
+        parser.add_lightning_class_args(FaultTolerance, "fault_tolerance")
         parser.set_defaults({"lr_monitor.logging_interval": "epoch"})
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
+        data_args = config.get("data") and config.data.get("init_args")
+        if data_args is not None and str(data_args.get("root")) == "???":
+            raise DataError("data.root is not set: pass --data.root ROOT (the folder with train/ and val/)")
+        resolve_ckpt_last(config, self.subcommand)
         if config.trainer.precision is None:
             config.trainer.precision = auto_precision(config.trainer.accelerator)
         rank_zero_info(f"lit_vision: precision {config.trainer.precision}")
+
+
+    def _instantiate_trainer(self, config: dict, callbacks: list) -> Trainer:
+        # Atomic checkpoint writes unless the user brought their own CheckpointIO.
+        plugins = config.get("plugins") or []
+        plugins = list(plugins) if isinstance(plugins, list | tuple) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            config["plugins"] = [*plugins, AtomicCheckpointIO()]
+        return super()._instantiate_trainer(config, callbacks)
+
+
+def resolve_ckpt_last(config: Namespace, subcommand: str | None) -> None:
+    """``--ckpt_path last``: the newest ``last.ckpt`` of this experiment's ``tb_logs/NAME/``.
+
+    A resumed ``fit`` also logs into that checkpoint's ``version_N`` folder, so the curves of
+    both halves of the run sit together in TensorBoard.
+    """
+    if config.get("ckpt_path") != "last":
+        return
+    logger = config.trainer.get("logger")
+    init = logger.get("init_args") if isinstance(logger, Namespace) else None
+    if init is None or init.get("save_dir") is None:
+        return  # no TensorBoard folder to search: Lightning's own "last" handling
+    name = init.get("name") or "lightning_logs"
+    found = find_last_checkpoint(init.save_dir, name)
+    if found is None:
+        raise FileNotFoundError(f"--ckpt_path last: no last.ckpt under {Path(init.save_dir) / name}/*/checkpoints/")
+    config.ckpt_path = str(found)
+    if subcommand == "fit" and "version" in init and init.get("version") is None:
+        init.version = found.parent.parent.name
+    rank_zero_info(f"lit_vision: resuming from {found}")
 
 
 TRAINER_DEFAULTS = {
@@ -63,6 +109,7 @@ TRAINER_DEFAULTS = {
 HELP_EXTRA = """
 lit_vision subcommands besides LightningCLI's fit/validate/test/predict:
   split       raw class folders -> ROOT/train, ROOT/val, ROOT/test (verified; see `split --help`)
+  check       scan ROOT for unreadable images, stray files, class mismatches, leaks between splits
 """
 
 
@@ -75,7 +122,24 @@ def split_command(args: list[str]) -> int:
     return 0
 
 
-EXTRA_COMMANDS: dict[str, Callable[[list[str]], int]] = {"split": split_command}
+def check_command(args: list[str]) -> int:
+    """``lit-vision check``: scan a split folder; exit 1 when it has errors."""
+    parser = ArgumentParser(prog="lit-vision check", description=scan_dataset.__doc__.split("\n")[0])
+    parser.add_argument("--data.root", required=True, help="The split folder (train/ val/ [test/]).")
+    parser.add_argument("--decode", choices=["full", "verify", "none"], default="full",
+                        help="full: decode every pixel (finds truncated files); verify: headers only.")
+    parser.add_argument("--size", type=int, default=64, help="Side the full decode resizes to.")
+    parser.add_argument("--limit", type=int, default=10, help="Files listed per kind of problem.")
+    cfg = parser.parse_args(args)
+    root = Path(cfg.data.root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"--data.root {root} is not a folder")
+    report = scan_dataset(root, decode=cfg.decode, size=cfg.size)
+    print(report.describe(cfg.limit))
+    return 0 if report.ok else 1
+
+
+EXTRA_COMMANDS: dict[str, Callable[[list[str]], int]] = {"split": split_command, "check": check_command}
 
 
 def main(args: ArgsType = None) -> LightningCLI | int | None:
@@ -94,10 +158,54 @@ def main(args: ArgsType = None) -> LightningCLI | int | None:
             trainer_defaults=TRAINER_DEFAULTS,
             seed_everything_default=0,
             save_config_kwargs={"overwrite": True},
-            args=argv,
+            # Parse errors raise instead of printing the whole usage, so the shell gets one line.
+            parser_kwargs={"exit_on_error": False},
+            args=argv if args is not None else None,  # None: sys.argv, without Lightning's warning
         )
     except USER_ERRORS as err:
         if args is not None:
             raise
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    except (ArgumentError, ValueError) as err:
+        user_error = _user_error_cause(err)
+        if args is not None and user_error is not None:
+            raise user_error from None
+        if args is not None and isinstance(err, ValueError) and not isinstance(err, ArgumentError):
+            raise
+        message = str(user_error) if user_error is not None else config_error_line(str(err))
+        if args is not None:
+            raise SystemExit(f"error: {message}") from None
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _user_error_cause(err: BaseException) -> BaseException | None:
+    """A lit_vision user error that a class raised while jsonargparse instantiated it."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, USER_ERRORS):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def config_error_line(message: str) -> str:
+    """jsonargparse's multi-line parse error boiled down to one line naming the key."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    keys = []
+    for line in lines:
+        m = re.search(r'Parser key "([^"]+)"', line)
+        if m and m.group(1) not in keys:
+            keys.append(m.group(1))
+    noise = ("Parser key", "Does not validate against any of the Union", "Subtypes:", "Errors:",
+             "Given value", "Expected a <class 'NoneType'>", "Problem with given class_path")
+    lines = [re.sub(r'^Parser key "[^"]+":\s*', "", line) for line in lines]
+    reasons = [re.sub(r"^- ", "", line) for line in lines if line and not any(n in line for n in noise)]
+    reason = reasons[0] if reasons else lines[-1] if lines else "invalid configuration"
+    unknown = re.search(r"Option '([^']+)' is not accepted", reason)
+    key = ".".join(keys)
+    if unknown and key:
+        return f"--{key}.{unknown.group(1)} is not an option (typo? see --help)"
+    return f"--{key}: {reason}" if key else reason
