@@ -269,3 +269,21 @@ def test_split_verify_byte_for_byte(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert f"{target} differs from its source" in message
     assert "manifest puts it in another split" in message
     assert "missing or changed since the split" in message
+
+
+def test_epoch_sampler_order_and_seeds() -> None:
+    from lit_vision.data import EpochSampler
+
+    s = EpochSampler(10, seed=3)
+    s.set_epoch(2)
+    a = list(s)
+    s.set_epoch(2)
+    assert list(s) == a and sorted(i for i, _ in a) == list(range(10))
+    s.set_epoch(3)
+    assert list(s) != a
+    s.set_epoch(2)
+    s.skip = 4
+    assert list(s) == a[4:]  # a mid-epoch resume continues where the killed run stopped
+    assert len(list(s)) == 10  # skip applies once
+    fresh = EpochSampler(10, seed=3)
+    assert list(fresh) != list(fresh)  # without set_epoch, each pass is a new epoch

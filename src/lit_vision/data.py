@@ -401,16 +401,24 @@ class EpochSampler(torch.utils.data.Sampler):
         self.seed = seed
         self.epoch = 0
         self.skip = 0  # samples of this epoch already trained on (a mid-epoch resume sets it)
+        self._epoch_given = False
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose order and seeds ``__iter__`` yields."""
         self.epoch = epoch
+        self._epoch_given = True
 
     def __len__(self) -> int:
         return self.n
 
     def __iter__(self):
-        state = np.random.SeedSequence([self.seed, self.epoch]).generate_state(2, np.uint32)
+        epoch = self.epoch
+        if not self._epoch_given:
+            # Nobody calls set_epoch (e.g. inside Lightning's DistributedSamplerWrapper):
+            # count passes, so each epoch still gets fresh augmentations.
+            self.epoch += 1
+        self._epoch_given = False
+        state = np.random.SeedSequence([self.seed, epoch]).generate_state(2, np.uint32)
         rng = np.random.default_rng(state)
         order = rng.permutation(self.n)
         seeds = rng.integers(0, 2**31 - 1, size=self.n)
