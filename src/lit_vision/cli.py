@@ -160,28 +160,24 @@ def main(args: ArgsType = None) -> LightningCLI | int | None:
             save_config_kwargs={"overwrite": True},
             # Parse errors raise instead of printing the whole usage, so the shell gets one line.
             parser_kwargs={"exit_on_error": False},
-            args=argv if args is not None else None,  # None: sys.argv, without Lightning's warning
+            args=None if args is None else argv,
         )
-    except USER_ERRORS as err:
+    except ArgumentError as err:  # a parse error (exit_on_error=False): one line naming the key
+        message = f"error: {config_error_line(str(err))}"
         if args is not None:
-            raise
-        print(f"error: {err}", file=sys.stderr)
+            raise SystemExit(message) from None
+        print(message, file=sys.stderr)
         raise SystemExit(2) from None
-    except (ArgumentError, ValueError) as err:
-        user_error = _user_error_cause(err)
-        if args is not None and user_error is not None:
-            raise user_error from None
-        if args is not None and isinstance(err, ValueError) and not isinstance(err, ArgumentError):
+    except Exception as err:
+        user_error = _find_user_error(err)
+        if user_error is None or args is not None:
             raise
-        message = str(user_error) if user_error is not None else config_error_line(str(err))
-        if args is not None:
-            raise SystemExit(f"error: {message}") from None
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {user_error}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
-def _user_error_cause(err: BaseException) -> BaseException | None:
-    """A lit_vision user error that a class raised while jsonargparse instantiated it."""
+def _find_user_error(err: BaseException | None) -> BaseException | None:
+    """The user's mistake behind an exception, even when jsonargparse wrapped it while instantiating."""
     seen = set()
     while err is not None and id(err) not in seen:
         if isinstance(err, USER_ERRORS):

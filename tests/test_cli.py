@@ -1,0 +1,84 @@
+"""The real configs through the real CLI, in-process, with fast_dev_run on tiny trees."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO, make_split_tree
+
+from lit_vision.cli import main
+
+CONFIGS = sorted(p for p in (REPO / "configs").glob("*.yaml") if "data:" in p.read_text())
+
+
+def _fit_args(config: Path, tmp_path: Path, root: Path | None) -> list[str]:
+    args = ["fit", "--config", str(config), "--trainer.fast_dev_run", "true",
+            "--trainer.logger.init_args.save_dir", str(tmp_path / "tb"), "--data.num_workers", "0"]
+    if root is not None:
+        args += ["--data.root", str(root)]
+    return args
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
+def test_every_config_fits(config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # digits materialise under ./data, logs under tmp_path
+    root = None if "digits" in config.stem else make_split_tree(tmp_path / "data", classes=3, size=24)
+    cli = main(_fit_args(config, tmp_path, root))
+    assert cli.trainer.state.finished
+    assert cli.model.num_classes == (10 if root is None else 3)
+    assert cli.model.class_names == cli.datamodule.classes
+    assert {"train/loss", "val/loss", "val/acc", "val/f1"} <= set(cli.trainer.callback_metrics)
+
+
+def test_logs_config_hparams_and_checkpoints(tmp_path: Path) -> None:
+    root = make_split_tree(tmp_path / "data", classes=2, size=16)
+    cli = main(["fit", "--config", str(REPO / "configs/gtsrb_cnn.yaml"), "--data.root", str(root),
+                "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "2",
+                "--data.num_workers", "0", "--trainer.logger.init_args.save_dir", str(tmp_path / "tb")])
+    run = tmp_path / "tb" / "gtsrb_cnn" / "version_0"
+    assert (run / "config.yaml").is_file() and (run / "hparams.yaml").is_file()
+    assert list(run.glob("events.out.tfevents.*"))
+    ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert "last.ckpt" in ckpts and any(n.startswith("best-epoch") for n in ckpts)
+    assert cli.trainer.precision == "32-true"  # automatic precision: full on CPU
+    hparams = (run / "hparams.yaml").read_text()
+    assert "class_names" in hparams and "channels" in hparams
+
+
+def test_validate_and_test_subcommands(tmp_path: Path) -> None:
+    root = make_split_tree(tmp_path / "data", classes=2, size=16)
+    common = ["--config", str(REPO / "configs/gtsrb_cnn.yaml"), "--data.root", str(root),
+              "--data.num_workers", "0", "--trainer.logger.init_args.save_dir", str(tmp_path / "tb")]
+    cli = main(["test", *common])
+    assert "test/acc" in cli.trainer.callback_metrics
+    cli = main(["validate", *common])
+    assert "val/acc" in cli.trainer.callback_metrics
+
+
+def test_help_lists_subcommands() -> None:
+    out = subprocess.run([sys.executable, "-m", "lit_vision", "--help"], capture_output=True, text=True,
+                         cwd=REPO, timeout=120)
+    assert out.returncode == 0
+    for word in ("fit", "validate", "test", "predict", "split"):
+        assert word in out.stdout
+
+
+def test_user_error_is_one_line(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "lit_vision", "fit", "--config", "configs/gtsrb_cnn.yaml",
+         "--data.root", str(tmp_path / "nowhere")],
+        capture_output=True, text=True, cwd=REPO, timeout=120,
+    )
+    assert out.returncode != 0
+    assert "nowhere" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_split_subcommand(tmp_path: Path) -> None:
+    from conftest import make_raw_tree
+
+    raw = make_raw_tree(tmp_path / "raw", classes=2, per_class=5)
+    assert main(["split", "--src", str(raw), "--dst", str(tmp_path / "out"), "--val", "0.2"]) == 0
+    assert len(list((tmp_path / "out" / "val").rglob("*.png"))) == 2
