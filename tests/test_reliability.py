@@ -73,8 +73,9 @@ def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
     ("signal", "epoch", "batch", "extra"),
     [
         # killed mid-epoch: resume from the epoch-0 checkpoint, redo epoch 1 (slow: 2 more runs)
-        pytest.param("KILL", 1, 3, [], marks=pytest.mark.slow),
-        ("KILL", 1, 4, ["--fault_tolerance.save_every_minutes", "1e-9"]),  # mid-epoch checkpoints
+        pytest.param("KILL", 1, 3, ["--data.num_workers", "2"], marks=pytest.mark.slow),
+        # mid-epoch checkpoints, loader workers prefetching before any epoch hook runs
+        ("KILL", 1, 4, ["--fault_tolerance.save_every_minutes", "1e-9", "--data.num_workers", "2"]),
         ("TERM", 1, 2, []),  # pre-emption: last.ckpt written mid-epoch on the way out
     ],
     ids=["sigkill-epoch-ckpt", "sigkill-midepoch-ckpt", "sigterm"],
@@ -90,7 +91,7 @@ def test_interrupted_run_resumes_bitwise(tmp_path: Path, resume_data, signal: st
         assert "SIGTERM, saved" in killed.stderr
         ckpt = torch.load(find_last_checkpoint(tmp_path, "gtsrb_cnn"), weights_only=False)
         assert ckpt["global_step"] == 6 * epoch + batch + 1  # the batch in flight finished first
-    resumed = run_cli(fit_args(data, tmp_path, "--ckpt_path", "last"))
+    resumed = run_cli(fit_args(data, tmp_path, "--ckpt_path", "last", *extra))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming from" in resumed.stderr
     assert_same(expected, final_state(tmp_path))

@@ -365,7 +365,30 @@ class ImageFolderDataModule(L.LightningDataModule):
         # A private generator for the loader's own draw (worker base seed), so creating an
         # iterator (again, after a resume) does not move the global RNG that dropout uses.
         generator = torch.Generator().manual_seed(self._order_seed)
-        return {"sampler": EpochSampler(len(self.datasets[split]), self._order_seed), "generator": generator}
+        sampler = EpochSampler(len(self.datasets[split]), self._order_seed)
+        resume = getattr(self, "_resume_point", None)
+        if resume is not None:
+            # Lightning creates the iterator (and workers prefetch) before any epoch hook runs,
+            # so the resumed epoch and the samples already trained on are set here.
+            sampler.set_epoch(resume["epoch"])
+            sampler.skip = resume["skip"]
+            self._resume_point = None
+        return {"sampler": sampler, "generator": generator}
+
+    def state_dict(self) -> dict:
+        """Where training stands in the epoch's sample order, for an exact resume."""
+        trainer = self.trainer
+        if trainer is None or not trainer.training:
+            return {}
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        epoch = trainer.current_epoch
+        if done >= trainer.num_training_batches:  # an epoch-end checkpoint: the next epoch starts
+            return {"epoch": epoch + 1, "skip": 0}
+        return {"epoch": epoch, "skip": done * self.batch_size}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Remember the resume point until the training loader is built."""
+        self._resume_point = dict(state_dict) if state_dict else None
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled training batches."""

@@ -91,13 +91,9 @@ class FaultTolerance(Callback):
         resume, self._resume = self._resume, None
         if resume is None or resume["epoch"] != trainer.current_epoch or not resume["batches"]:
             return
-        # Mid-epoch checkpoint (SIGTERM): Lightning continues the epoch without calling
-        # on_train_epoch_start and restarts its loader, so skip the batches already trained on
-        # and restore the RNG state of the moment of the save.
-        loader = trainer.train_dataloader
-        sampler = getattr(loader, "sampler", None)
-        if hasattr(sampler, "skip") and getattr(loader, "batch_size", None):
-            sampler.skip = resume["batches"] * loader.batch_size
+        # Mid-epoch checkpoint: Lightning continues the epoch without calling
+        # on_train_epoch_start, so restore the RNG state of the moment of the save (the
+        # DataModule's EpochSampler skips the samples already trained on).
         if resume["rng"] is not None:
             _set_rng_states(resume["rng"])
         self._continued_epoch = trainer.current_epoch
