@@ -55,15 +55,16 @@ class FaultTolerance(Callback):
 
     - At each training epoch start the global RNGs (torch, numpy, random) are reseeded from
       the run's seed and the epoch, so a run resumed from an epoch-end checkpoint draws the
-      same dropout masks as an uninterrupted one (the DataModule seeds shuffling and
-      augmentation per epoch and sample the same way).
+      same dropout masks as an uninterrupted one (the DataModule's EpochSampler fixes the
+      order and each sample's augmentation per epoch the same way). Checkpoints also carry
+      the RNG state, restored when resuming mid-epoch.
+    - Every ``save_every_minutes`` of training it writes ``last.ckpt`` mid-epoch, so a run
+      killed without warning (SIGKILL, OOM killer, power) loses at most that much work; and
+      it refreshes ``last.ckpt`` at every epoch end.
     - On SIGTERM (cluster pre-emption) Lightning stops after the current batch; this writes
       ``last.ckpt`` (mid-epoch) into the checkpoint folder first, and the process exits with 0.
     - A NaN/inf loss stops training before the backward pass with one clear message, and a
       checkpoint whose parameters are not finite is never written, so the last good one stays.
-
-    - Every ``save_every_minutes`` of training it also writes ``last.ckpt`` mid-epoch, so a
-      run killed without warning (SIGKILL, OOM killer, power) loses at most that much work.
 
     Args:
         seed: Base seed; ``None`` takes the run's ``seed_everything`` (``PL_GLOBAL_SEED``) and
