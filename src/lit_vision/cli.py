@@ -2,25 +2,37 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
-from jsonargparse import ArgumentParser
-from lightning.pytorch import LightningDataModule, LightningModule
+from jsonargparse import ArgumentError, ArgumentParser, Namespace
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 
+from lit_vision.check import scan_dataset
 from lit_vision.data import DataError
 from lit_vision.distributed import RunSummary, ScaleLR
 from lit_vision.images import ImageDecodeError
 from lit_vision.insight import InsightCallback, track_setup_time
 from lit_vision.predict import CheckpointError
+from lit_vision.resume import (
+    AtomicCheckpointIO,
+    FaultTolerance,
+    NonFiniteLossError,
+    find_last_checkpoint,
+)
 from lit_vision.split import SplitError, split_dataset
 from lit_vision.weights import WeightsError
 
-USER_ERRORS = (DataError, SplitError, ImageDecodeError, FileNotFoundError, CheckpointError, WeightsError)
+USER_ERRORS = (
+    DataError, SplitError, ImageDecodeError, FileNotFoundError, CheckpointError, WeightsError, NonFiniteLossError
+)
 
 
 def cpu_has_native_bf16() -> bool:
@@ -71,6 +83,7 @@ class LitVisionCLI(LightningCLI):
             }
         )
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
+        parser.add_lightning_class_args(FaultTolerance, "fault_tolerance")
         parser.set_defaults({"lr_monitor.logging_interval": "epoch"})
         parser.add_lightning_class_args(InsightCallback, "insight")
         parser.add_lightning_class_args(RunSummary, "run_summary")
@@ -91,6 +104,10 @@ class LitVisionCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
+        data_args = config.get("data") and config.data.get("init_args")
+        if data_args is not None and str(data_args.get("root")) == "???":
+            raise DataError("data.root is not set: pass --data.root ROOT (the folder with train/ and val/)")
+        resolve_ckpt_last(config, self.subcommand)
         if config.trainer.precision is None:
             config.trainer.precision = auto_precision(
                 config.trainer.accelerator, config.trainer.strategy, config.get("cpu_bf16", False)
@@ -105,6 +122,37 @@ class LitVisionCLI(LightningCLI):
         # time is measured by wrapping it here.
         if self.datamodule is not None:
             track_setup_time(self.datamodule)
+
+
+    def _instantiate_trainer(self, config: dict, callbacks: list) -> Trainer:
+        # Atomic checkpoint writes unless the user brought their own CheckpointIO.
+        plugins = config.get("plugins") or []
+        plugins = list(plugins) if isinstance(plugins, list | tuple) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            config["plugins"] = [*plugins, AtomicCheckpointIO()]
+        return super()._instantiate_trainer(config, callbacks)
+
+
+def resolve_ckpt_last(config: Namespace, subcommand: str | None) -> None:
+    """``--ckpt_path last``: the newest ``last.ckpt`` of this experiment's ``tb_logs/NAME/``.
+
+    A resumed ``fit`` also logs into that checkpoint's ``version_N`` folder, so the curves of
+    both halves of the run sit together in TensorBoard.
+    """
+    if config.get("ckpt_path") != "last":
+        return
+    logger = config.trainer.get("logger")
+    init = logger.get("init_args") if isinstance(logger, Namespace) else None
+    if init is None or init.get("save_dir") is None:
+        return  # no TensorBoard folder to search: Lightning's own "last" handling
+    name = init.get("name") or "lightning_logs"
+    found = find_last_checkpoint(init.save_dir, name)
+    if found is None:
+        raise FileNotFoundError(f"--ckpt_path last: no last.ckpt under {Path(init.save_dir) / name}/*/checkpoints/")
+    config.ckpt_path = str(found)
+    if subcommand == "fit" and "version" in init and init.get("version") is None:
+        init.version = found.parent.parent.name
+    rank_zero_info(f"lit_vision: resuming from {found}")
 
 
 TRAINER_DEFAULTS = {
@@ -122,6 +170,7 @@ lit_vision subcommands besides LightningCLI's fit/validate/test:
   export      checkpoint -> ONNX + TorchScript + preprocessing JSON, parity-checked on real images
   lr_find     learning-rate range test for a config: plot + suggestion (see `lr_find --help`)
   compare     train several configs/variants on one split and budget, rank them (`compare --help`)
+  check       scan ROOT for unreadable images, stray files, class mismatches, leaks between splits
 """
 
 
@@ -175,12 +224,6 @@ def export_command(args: list[str]) -> int:
     return 0 if report.get("parity_ok", True) else 1
 
 
-EXTRA_COMMANDS: dict[str, Callable[[list[str]], int]] = {
-    "split": split_command,
-    "predict": predict_command,
-    "export": export_command,
-}
-
 
 def lr_find_command(args: list[str]) -> int:
     """``lit-vision lr_find``: learning-rate range test (see lit_vision.lr_find)."""
@@ -196,7 +239,31 @@ def compare_command(args: list[str]) -> int:
     return compare_main(args)
 
 
-EXTRA_COMMANDS.update(lr_find=lr_find_command, compare=compare_command)
+def check_command(args: list[str]) -> int:
+    """``lit-vision check``: scan a split folder; exit 1 when it has errors."""
+    parser = ArgumentParser(prog="lit-vision check", description=scan_dataset.__doc__.split("\n")[0])
+    parser.add_argument("--data.root", required=True, help="The split folder (train/ val/ [test/]).")
+    parser.add_argument("--decode", choices=["full", "verify", "none"], default="full",
+                        help="full: decode every pixel (finds truncated files); verify: headers only.")
+    parser.add_argument("--size", type=int, default=64, help="Side the full decode resizes to.")
+    parser.add_argument("--limit", type=int, default=10, help="Files listed per kind of problem.")
+    cfg = parser.parse_args(args)
+    root = Path(cfg.data.root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"--data.root {root} is not a folder")
+    report = scan_dataset(root, decode=cfg.decode, size=cfg.size)
+    print(report.describe(cfg.limit))
+    return 0 if report.ok else 1
+
+
+EXTRA_COMMANDS: dict[str, Callable[[list[str]], int]] = {
+    "split": split_command,
+    "check": check_command,
+    "predict": predict_command,
+    "export": export_command,
+    "lr_find": lr_find_command,
+    "compare": compare_command,
+}
 
 
 def main(args: ArgsType = None) -> LightningCLI | int | None:
@@ -215,8 +282,16 @@ def main(args: ArgsType = None) -> LightningCLI | int | None:
             trainer_defaults=TRAINER_DEFAULTS,
             seed_everything_default=0,
             save_config_kwargs={"overwrite": True},
+            # Parse errors raise instead of printing the whole usage, so the shell gets one line.
+            parser_kwargs={"exit_on_error": False},
             args=None if args is None else argv,
         )
+    except ArgumentError as err:  # a parse error (exit_on_error=False): one line naming the key
+        message = f"error: {config_error_line(str(err))}"
+        if args is not None:
+            raise SystemExit(message) from None
+        print(message, file=sys.stderr)
+        raise SystemExit(2) from None
     except Exception as err:
         user_error = _find_user_error(err)
         if user_error is None or args is not None:
@@ -234,3 +309,23 @@ def _find_user_error(err: BaseException | None) -> BaseException | None:
         seen.add(id(err))
         err = err.__cause__ or err.__context__
     return None
+
+
+def config_error_line(message: str) -> str:
+    """jsonargparse's multi-line parse error boiled down to one line naming the key."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    keys = []
+    for line in lines:
+        m = re.search(r'Parser key "([^"]+)"', line)
+        if m and m.group(1) not in keys:
+            keys.append(m.group(1))
+    noise = ("Parser key", "Does not validate against any of the Union", "Subtypes:", "Errors:",
+             "Given value", "Expected a <class 'NoneType'>", "Problem with given class_path")
+    lines = [re.sub(r'^Parser key "[^"]+":\s*', "", line) for line in lines]
+    reasons = [re.sub(r"^- ", "", line) for line in lines if line and not any(n in line for n in noise)]
+    reason = reasons[0] if reasons else lines[-1] if lines else "invalid configuration"
+    unknown = re.search(r"Option '([^']+)' is not accepted", reason)
+    key = ".".join(keys)
+    if unknown and key:
+        return f"--{key}.{unknown.group(1)} is not an option (typo? see --help)"
+    return f"--{key}: {reason}" if key else reason

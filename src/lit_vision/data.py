@@ -19,7 +19,8 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from lit_vision.images import is_image_file, load_image
+from lit_vision.check import DecodeMode, ScanReport, format_skipped, scan_dataset
+from lit_vision.images import ImageDecodeError, is_image_file, load_image
 from lit_vision.transforms import BatchAugment, apply, eval_transforms, train_transforms
 
 Stage = Literal["train", "val", "test"]
@@ -179,7 +180,11 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, i: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        if isinstance(i, tuple):  # (index, seed) from EpochSampler: augmentation fixed by seed
+            i, seed = i
+            if self.transform is not None and self.transform.transforms:
+                self.transform.set_random_seed(seed)
         path, target = self.samples[i]
         image = self.cache[i] if self.cache is not None else load_image(path, self.image_size)
         image = apply(self.transform, image)
@@ -261,6 +266,11 @@ class ImageFolderDataModule(L.LightningDataModule):
         color_jitter: Training colour-jitter strength.
         predict_root: Folder of images (any depth) used by ``predict``; defaults to ``test/``
             or ``val/``.
+        scan: Scan the folders before fit/validate/test (``lit_vision.check``): unreadable or
+            truncated images, images outside class folders, empty classes, the same image in
+            two splits (leakage). Splits that are cached are checked while decoding.
+        on_bad: What a bad image file does: ``error`` stops with a list of the files; ``skip``
+            leaves them out, logs them and counts them (``skipped``).
     """
 
     def __init__(
@@ -282,6 +292,8 @@ class ImageFolderDataModule(L.LightningDataModule):
         shear: float = 0.0,
         color_jitter: float = 0.2,
         predict_root: str | Path | None = None,
+        scan: bool = True,
+        on_bad: Literal["error", "skip"] = "error",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -312,6 +324,10 @@ class ImageFolderDataModule(L.LightningDataModule):
             raise DataError(f"data.augment must be 'batch' or 'sample', not {augment!r}")
         self.augment = augment
         self.batch_augment: BatchAugment | None = None
+        self.scan = scan
+        self.on_bad = on_bad
+        self.scan_report: ScanReport | None = None
+        self.skipped: list[str] = []  # image files left out by on_bad="skip"
 
     @property
     def num_classes(self) -> int:
@@ -329,6 +345,9 @@ class ImageFolderDataModule(L.LightningDataModule):
         if not split_dir.is_dir():
             return []
         samples = list_samples(split_dir, self.classes)
+        if self.skipped:
+            skip = set(self.skipped)
+            samples = [s for s in samples if s[0] not in skip]
         if split == "train":
             counts = np.bincount([t for _, t in samples], minlength=self.num_classes)
             empty = [c for c, n in zip(self.classes, counts, strict=True) if n == 0]
@@ -384,15 +403,17 @@ class ImageFolderDataModule(L.LightningDataModule):
 
     def setup(self, stage: str) -> None:
         """Build the datasets the stage needs (decoding into the cache when enabled)."""
+        if self.scan and stage in ("fit", "validate", "test") and self.scan_report is None:
+            self._scan(stage)
         if stage == "fit":
-            self._build("train", train=True)
-            self._build("val", train=False)
+            self._build_checked("train", train=True)
+            self._build_checked("val", train=False)
             if "val" not in self.datasets:
                 raise DataError(f"no images in {self.root / 'val'}")
         elif stage == "validate":
-            self._build("val", train=False)
+            self._build_checked("val", train=False)
         elif stage == "test":
-            if self._build("test", train=False) is None:
+            if self._build_checked("test", train=False) is None:
                 raise DataError(f"no images in {self.root / 'test'} (needed by `test`)")
         elif stage == "predict":
             if self.predict_root is not None:
@@ -426,6 +447,55 @@ class ImageFolderDataModule(L.LightningDataModule):
             return self.num_workers
         per_sample_work = dataset.cache is None or bool(dataset.transform and dataset.transform.transforms)
         return min(4, os.cpu_count() or 1) if per_sample_work else 0
+    def _scan(self, stage: str) -> None:
+        """Scan all splits once; decode fully the splits this stage reads that are not cached."""
+        needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}[stage]
+        size = self._resolve_image_size()
+
+        def mode(split: str, n: int) -> DecodeMode:
+            if split not in needed:
+                return "none"  # hashed for the leakage check, decoded when its stage runs
+            return "verify" if self._use_cache(n) else "full"  # the cache decodes fully anyway
+
+        self.scan_report = scan_dataset(self.root, decode=mode, size=size)
+        if self.scan_report.errors and any(mode(s, n) == "verify" for s, n in self.scan_report.images.items()):
+            # Something is wrong anyway: decode fully now so the list of bad files is complete.
+            self.scan_report = scan_dataset(self.root, decode=lambda s, n: "full" if s in needed else "none",
+                                            size=size)
+        self._apply_scan(self.scan_report)
+
+    def _apply_scan(self, report: ScanReport) -> None:
+        """Stop on errors (``on_bad: error``) or leave the bad files out (``skip``), logging them."""
+        if report.warnings:
+            rank_zero_warn("lit_vision data scan: " + report.summary("warning").replace("\n", "\n  "))
+        if not report.errors:
+            return
+        blocking = report.errors if self.on_bad == "error" else report.unskippable()
+        if blocking:
+            hint = " (or --data.on_bad skip to leave bad files out)" if self.on_bad == "error" else ""
+            raise DataError(
+                f"{len(blocking)} problem(s) in {self.root}{hint}: "
+                + " | ".join(ScanReport(report.root, findings=blocking).summary().splitlines())
+            )
+        new = [p for p in report.skippable_files() if p not in set(self.skipped)]
+        self.skipped = sorted(set(self.skipped) | set(new))
+        for split in [s for s in self.datasets if any(p.startswith(str(self.root / s)) for p in new)]:
+            del self.datasets[split]  # rebuilt without the skipped files
+        rank_zero_warn(f"lit_vision data: skipping {format_skipped(self.skipped)} (on_bad=skip)\n  "
+                       + report.summary().replace("\n", "\n  "))
+
+    def _build_checked(self, split: str, train: bool) -> ImageDataset | None:
+        """``_build``, turning a decode failure of the cache into a full scan of that split."""
+        try:
+            return self._build(split, train)
+        except ImageDecodeError:
+            if not self.scan:
+                raise
+        report = scan_dataset(self.root, [split], decode="full", size=self._resolve_image_size())
+        if report.ok:  # a file that failed once but reads now (e.g. written meanwhile): retry
+            return self._build(split, train)
+        self._apply_scan(report)
+        return self._build(split, train)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         dataset = self.datasets[split]
@@ -434,8 +504,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         return DataLoader(
             BatchedImages(dataset),
             batch_size=self.batch_size,
-            shuffle=shuffle,
-            sampler=sampler,
+            **(self._order(split, shuffle) if shuffle else {"shuffle": False, "sampler": sampler}),
             num_workers=workers,
             collate_fn=collate_batch,
             persistent_workers=workers > 0,
@@ -451,6 +520,40 @@ class ImageFolderDataModule(L.LightningDataModule):
             images, targets = batch
             return self.batch_augment(images), targets
         return batch
+    def _order(self, split: str, shuffle: bool) -> dict:
+        """Sampling arguments: shuffled training goes through a seeded, resumable EpochSampler."""
+        if not shuffle:
+            return {"shuffle": False}
+        env = os.environ.get("PL_GLOBAL_SEED")
+        if not hasattr(self, "_order_seed"):
+            self._order_seed = int(env) if env is not None else int(np.random.SeedSequence().entropy % 2**31)
+        # A private generator for the loader's own draw (worker base seed), so creating an
+        # iterator (again, after a resume) does not move the global RNG that dropout uses.
+        generator = torch.Generator().manual_seed(self._order_seed)
+        sampler = EpochSampler(len(self.datasets[split]), self._order_seed)
+        resume = getattr(self, "_resume_point", None)
+        if resume is not None:
+            # Lightning creates the iterator (and workers prefetch) before any epoch hook runs,
+            # so the resumed epoch and the samples already trained on are set here.
+            sampler.set_epoch(resume["epoch"])
+            sampler.skip = resume["skip"]
+            self._resume_point = None
+        return {"sampler": sampler, "generator": generator}
+
+    def state_dict(self) -> dict:
+        """Where training stands in the epoch's sample order, for an exact resume."""
+        trainer = self.trainer
+        if trainer is None or not trainer.training:
+            return {}
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        epoch = trainer.current_epoch
+        if done >= trainer.num_training_batches:  # an epoch-end checkpoint: the next epoch starts
+            return {"epoch": epoch + 1, "skip": 0}
+        return {"epoch": epoch, "skip": done * self.batch_size}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Remember the resume point until the training loader is built."""
+        self._resume_point = dict(state_dict) if state_dict else None
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled training batches."""
@@ -467,3 +570,45 @@ class ImageFolderDataModule(L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         """Batches of ``predict_root`` (or test/val) in file order."""
         return self._loader("predict", shuffle=False)
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Shuffled ``(index, seed)`` pairs that depend only on the base seed and the epoch.
+
+    Lightning calls ``set_epoch`` before each training epoch; the order and each sample's
+    augmentation seed are then a pure function of ``(seed, epoch)``, whatever the number of
+    workers and whether the run was resumed, so a resumed run repeats an epoch exactly.
+
+    Args:
+        n: Dataset length.
+        seed: Base seed.
+    """
+
+    def __init__(self, n: int, seed: int = 0) -> None:
+        self.n = n
+        self.seed = seed
+        self.epoch = 0
+        self.skip = 0  # samples of this epoch already trained on (a mid-epoch resume sets it)
+        self._epoch_given = False
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose order and seeds ``__iter__`` yields."""
+        self.epoch = epoch
+        self._epoch_given = True
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        epoch = self.epoch
+        if not self._epoch_given:
+            # Nobody calls set_epoch (e.g. inside Lightning's DistributedSamplerWrapper):
+            # count passes, so each epoch still gets fresh augmentations.
+            self.epoch += 1
+        self._epoch_given = False
+        state = np.random.SeedSequence([self.seed, epoch]).generate_state(2, np.uint32)
+        rng = np.random.default_rng(state)
+        order = rng.permutation(self.n)
+        seeds = rng.integers(0, 2**31 - 1, size=self.n)
+        skip, self.skip = self.skip, 0
+        return iter(zip(order[skip:].tolist(), seeds[skip:].tolist(), strict=True))

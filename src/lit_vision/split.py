@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import os
 import random
 import re
@@ -129,8 +130,15 @@ def _place(source: Path, target: Path, link: LinkMode) -> None:
     os.replace(tmp, target)
 
 
-def verify_split(src: Path, dst: Path, check_hash: bool = True) -> list[str]:
+def verify_split(src: Path, dst: Path, check_hash: bool = True, against_source: bool = False) -> list[str]:
     """Check ``dst`` against its manifest and ``src``: every source image in exactly one split.
+
+    Args:
+        src: The raw folder that was split.
+        dst: The split folder.
+        check_hash: Compare each copy's SHA-256 with the manifest (else sizes only).
+        against_source: Also hash each source file, so a copy is checked byte for byte
+            against the source as it is now (``split --verify``).
 
     Returns:
         Problems found (empty when the split is complete and byte-identical).
@@ -142,6 +150,7 @@ def verify_split(src: Path, dst: Path, check_hash: bool = True) -> list[str]:
         rows = list(csv.DictReader(f))
     problems: list[str] = []
     seen: Counter[tuple[str, str]] = Counter((r["class"], r["relpath"]) for r in rows)
+    placed = {(r["split"], r["class"], r["relpath"]) for r in rows}
     for key, n in seen.items():
         if n > 1:
             problems.append(f"{key[0]}/{key[1]} is listed {n} times")
@@ -152,13 +161,19 @@ def verify_split(src: Path, dst: Path, check_hash: bool = True) -> list[str]:
             problems.append(f"missing {target}")
         elif target.stat().st_size != int(r["size"]) or (check_hash and sha256_file(target) != r["sha256"]):
             problems.append(f"{target} differs from its source {source}")
+        elif against_source and (not source.is_file() or sha256_file(source) != r["sha256"]):
+            problems.append(f"source {source} is missing or changed since the split")
     for split in SPLITS:
         for p in sorted((dst / split).rglob("*")) if (dst / split).is_dir() else []:
+            if p.is_file() and p.name.endswith(".part") and p.name.startswith("."):
+                problems.append(f"{p} is a temporary file of an interrupted split (rerun with --resume true)")
             if p.is_file() and not p.name.startswith("."):
                 rel = p.relative_to(dst / split)
                 key = (rel.parts[0], Path(*rel.parts[1:]).as_posix())
                 if key not in seen:
                     problems.append(f"{p} is not in the manifest")
+                elif (split, *key) not in placed:  # a second copy in another split: leakage
+                    problems.append(f"{p} is in {split}/ but the manifest puts it in another split")
     expected = set()
     for p in src.rglob("*"):
         rel = p.relative_to(src).parts
@@ -180,6 +195,8 @@ def split_dataset(
     group_regex: str | None = None,
     link: LinkMode = "copy",
     quiet: bool = False,
+    resume: bool = False,
+    verify: bool = False,
 ) -> dict[str, Counter[str]]:
     """Split raw class folders into ``dst/{train,val,test}/CLASS/`` and verify the result.
 
@@ -193,22 +210,38 @@ def split_dataset(
             whole match) land in the same split, e.g. ``'^(\\d+)_'`` for GTSRB tracks.
         link: ``copy`` (default) or ``hardlink`` (no extra disk; same filesystem only).
         quiet: Do not print the per-class table.
+        resume: Complete an interrupted split into ``dst``: same source and options (checked
+            against ``dst/split_plan.json``); files already copied intact are kept, temporary
+            ``.part`` files removed, the rest copied.
+        verify: Only re-check an existing ``dst`` against ``src``, byte for byte (both hashed),
+            and report; nothing is written.
 
     Returns:
         Per split, the number of images per class.
     """
     src, dst = Path(src).expanduser(), Path(dst).expanduser()
+    if verify:
+        return _verify_only(src, dst, quiet)
+    plan = {"src": str(src.resolve()), "val": val, "test": test, "seed": seed,
+            "group_regex": group_regex, "link": link}
     if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
-        raise SplitError(f"--dst {dst} exists and is not empty; choose a new folder")
+        if not resume:
+            raise SplitError(f"--dst {dst} exists and is not empty; choose a new folder "
+                             "(or --resume true to complete an interrupted split)")
+        _check_resumable(dst, plan)
     if dst.resolve().is_relative_to(src.resolve()):
         raise SplitError(f"--dst {dst} is inside --src {src}")
     assignments, others = plan_split(src, val, test, seed, group_regex)
     dst.mkdir(parents=True, exist_ok=True)
+    if resume:
+        _clean_partial(dst, assignments)
+    _write_plan(dst, plan)
     rows = []
     for a in assignments:
         target = dst / a.split / a.label / a.relpath
         try:
-            _place(a.source, target, link)
+            if not (resume and _same_file(a.source, target)):
+                _place(a.source, target, link)
         except OSError as err:
             raise SplitError(f"cannot {link} {a.source} to {target}: {err}") from None
         rows.append({"relpath": a.relpath, "class": a.label, "split": a.split,
@@ -240,3 +273,69 @@ def _print_table(counts: dict[str, Counter[str]], total: int, others: list[Path]
           f"(manifest: {dst / MANIFEST})")
     if others:
         print(f"not copied: {len(others)} non-image file(s), e.g. {others[0]}", file=sys.stderr)
+
+
+PLAN = "split_plan.json"
+
+
+def _write_plan(dst: Path, plan: dict) -> None:
+    """Record the options before copying, so ``--resume`` can tell the same plan from another."""
+    tmp = dst / f".{PLAN}.part"
+    tmp.write_text(json.dumps(plan, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, dst / PLAN)
+
+
+def _check_resumable(dst: Path, plan: dict) -> None:
+    """Refuse to resume into a folder that is not a partial split of the same plan."""
+    if not (dst / PLAN).is_file():
+        raise SplitError(f"--resume: {dst} has no {PLAN}, so it is not a split made by this tool")
+    try:
+        previous = json.loads((dst / PLAN).read_text())
+    except (OSError, ValueError) as err:
+        raise SplitError(f"--resume: cannot read {dst / PLAN}: {err}") from None
+    diff = [k for k in plan if previous.get(k) != plan[k]]
+    if diff:
+        raise SplitError(
+            f"--resume: {dst} was split with different options ("
+            + ", ".join(f"{k} {previous.get(k)!r} now {plan[k]!r}" for k in diff) + ")"
+        )
+
+
+def _clean_partial(dst: Path, assignments: list[Assignment]) -> None:
+    """Remove temporary files; refuse files the plan does not explain (no duplicates possible)."""
+    planned = {(a.split, a.label, a.relpath) for a in assignments}
+    unexpected = []
+    for split in SPLITS:
+        for p in sorted((dst / split).rglob("*")) if (dst / split).is_dir() else []:
+            if not p.is_file():
+                continue
+            if p.name.startswith(".") and p.name.endswith(".part"):
+                p.unlink()
+                continue
+            rel = p.relative_to(dst / split)
+            if (split, rel.parts[0], Path(*rel.parts[1:]).as_posix()) not in planned:
+                unexpected.append(p)
+    if unexpected:
+        raise SplitError(f"--resume: {len(unexpected)} file(s) in {dst} are not part of this split plan, "
+                         f"e.g. {unexpected[0]}")
+
+
+def _same_file(source: Path, target: Path) -> bool:
+    """Whether a previous run already placed an intact copy (size, then SHA-256)."""
+    return (target.is_file() and target.stat().st_size == source.stat().st_size
+            and sha256_file(target) == sha256_file(source))
+
+
+def _verify_only(src: Path, dst: Path, quiet: bool) -> dict[str, Counter[str]]:
+    problems = verify_split(src, dst, against_source=True)
+    if problems:
+        raise SplitError(f"--verify: {len(problems)} problem(s) in {dst}: " + "; ".join(problems[:5])
+                         + (" ..." if len(problems) > 5 else ""))
+    with open(dst / MANIFEST, newline="") as f:
+        rows = list(csv.DictReader(f))
+    counts: dict[str, Counter[str]] = {s: Counter() for s in SPLITS}
+    for r in rows:
+        counts[r["split"]][r["class"]] += 1
+    if not quiet:
+        print(f"verified: all {len(rows)} images of {dst} match {src} byte for byte, each in exactly one split")
+    return counts
