@@ -214,15 +214,18 @@ class BatchedImages(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         return self.dataset[i]
 
-    def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitems__(self, indices: Sequence[int | tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
         ds = self.dataset
         identity = ds.transform is None or not ds.transform.transforms
-        if ds.cache is not None and identity:
-            images = ds.cache[np.asarray(indices)]  # one gather (a copy, also from a memmap)
-        else:
-            images = np.stack([apply(ds.transform, ds.cache[i] if ds.cache is not None
-                                     else load_image(ds.samples[i][0], ds.image_size)) for i in indices])
-        targets = torch.tensor([ds.targets[i] for i in indices], dtype=torch.long)
+        if ds.cache is None or not identity:
+            # Per-sample work (decoding or albumentations): the dataset's own path, which also
+            # applies EpochSampler's per-sample augmentation seeds.
+            items = [ds[i] for i in indices]
+            return torch.stack([x for x, _ in items]), torch.tensor([t for _, t in items], dtype=torch.long)
+        # EpochSampler yields (index, seed); with no per-sample augmentation the seed is unused.
+        rows = [i[0] if isinstance(i, tuple) else i for i in indices]
+        images = ds.cache[np.asarray(rows)]  # one gather (a copy, also from a memmap)
+        targets = torch.tensor([ds.targets[i] for i in rows], dtype=torch.long)
         return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2), targets
 
 
