@@ -15,7 +15,7 @@ import yaml
 from conftest import REPO, make_split_tree
 
 from lit_vision.cli import auto_precision, main
-from lit_vision.data import ImageFolderDataModule
+from lit_vision.data import EpochSampler, ImageFolderDataModule
 from lit_vision.digits import materialize_digits
 from lit_vision.distributed import lr_scale_factor
 from lit_vision.models import CNNClassifier
@@ -87,7 +87,8 @@ def test_eval_loaders_split_samples_once(split_tree: Path, world: int) -> None:
         dm.setup("fit")
         ds = dm.datasets["val"]
         seen += [ds.samples[i][0] for i in dm.val_dataloader().sampler]
-        assert isinstance(dm.train_dataloader().sampler, torch.utils.data.RandomSampler)  # Lightning's to wrap
+        # training: the seeded, resumable EpochSampler, which Lightning wraps per rank
+        assert isinstance(dm.train_dataloader().sampler, EpochSampler)
     assert sorted(seen) == sorted(p for p, _ in ds.samples)  # 12 images: each exactly once
 
 
