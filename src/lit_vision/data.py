@@ -389,15 +389,7 @@ class ImageFolderDataModule(L.LightningDataModule):
             self.batch_augment = BatchAugment(**augment)
             train = False  # the loader delivers plain images; on_after_batch_transfer augments
         transform = (
-            train_transforms(
-                hflip=self.hparams.hflip,
-                vflip=self.hparams.vflip,
-                rotate=self.hparams.rotate,
-                scale=tuple(self.hparams.scale),
-                translate=self.hparams.translate,
-                shear=self.hparams.shear,
-                color_jitter=self.hparams.color_jitter,
-            )
+            train_transforms(**augment)
             if train
             else eval_transforms()
         )
