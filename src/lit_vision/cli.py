@@ -266,6 +266,25 @@ EXTRA_COMMANDS: dict[str, Callable[[list[str]], int]] = {
 }
 
 
+def build_cli(args: ArgsType, **kwargs) -> LitVisionCLI:
+    """A ``LitVisionCLI`` with lit_vision's model/data modes and trainer defaults.
+
+    Args:
+        args: Command-line arguments (``None`` reads ``sys.argv``).
+        **kwargs: Further ``LightningCLI`` arguments (``run=False``, ``save_config_callback``...).
+    """
+    return LitVisionCLI(
+        model_class=LightningModule,
+        datamodule_class=LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        trainer_defaults=TRAINER_DEFAULTS,
+        seed_everything_default=0,
+        args=args,
+        **kwargs,
+    )
+
+
 def main(args: ArgsType = None) -> LightningCLI | int | None:
     """Run the command line; ``args`` (a list) lets tests call it in-process."""
     argv = list(sys.argv[1:] if args is None else args)
@@ -274,17 +293,11 @@ def main(args: ArgsType = None) -> LightningCLI | int | None:
             return EXTRA_COMMANDS[argv[0]](argv[1:])
         if not argv or argv[0] in ("-h", "--help"):
             print(HELP_EXTRA)
-        return LitVisionCLI(
-            model_class=LightningModule,
-            datamodule_class=LightningDataModule,
-            subclass_mode_model=True,
-            subclass_mode_data=True,
-            trainer_defaults=TRAINER_DEFAULTS,
-            seed_everything_default=0,
+        return build_cli(
+            None if args is None else argv,
             save_config_kwargs={"overwrite": True},
             # Parse errors raise instead of printing the whole usage, so the shell gets one line.
             parser_kwargs={"exit_on_error": False},
-            args=None if args is None else argv,
         )
     except ArgumentError as err:  # a parse error (exit_on_error=False): one line naming the key
         message = f"error: {config_error_line(str(err))}"

@@ -70,23 +70,12 @@ def run_lr_find(
     Returns:
         The JSON's content: ``suggestion`` (or ``None``), ``lr``, ``loss``, ``plot``, ``json``.
     """
-    from lightning.pytorch import LightningDataModule, LightningModule
     from lightning.pytorch.tuner import Tuner
 
-    from lit_vision.cli import TRAINER_DEFAULTS, LitVisionCLI
+    from lit_vision.cli import build_cli
     from lit_vision.figures import plt
 
-    cli = LitVisionCLI(
-        model_class=LightningModule,
-        datamodule_class=LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        trainer_defaults=TRAINER_DEFAULTS,
-        seed_everything_default=0,
-        save_config_callback=None,
-        run=False,
-        args=cli_args,
-    )
+    cli = build_cli(cli_args, save_config_callback=None, run=False)
     trainer = cli.trainer
     name = getattr(trainer.logger, "name", None) or "lit_vision"
     # The range test is not a training run: no log folder, checkpoints or report.
