@@ -57,11 +57,11 @@ def test_ddp_two_cpu_processes_match_single_process(tmp_path: Path, monkeypatch:
     assert len(list(run.glob("events.out.tfevents.*"))) == 1
     assert not (tmp_path / "tb_logs").exists() and not (tmp_path / "lightning_logs").exists()
 
-    # Layout and LR scaling were recorded (linear: 2 processes -> 2 x 0.002).
+    # Layout and LR scaling were recorded (linear: 2 processes -> 2 x the config's 0.005).
     hparams = yaml.safe_load((run / "hparams.yaml").read_text())
     assert hparams["run/world_size"] == 2 and hparams["run/effective_batch_size"] == 8
     assert hparams["run/precision"] == "32-true"
-    assert hparams["run/lr_per_group"] == pytest.approx([0.004])
+    assert hparams["run/lr_per_group"] == pytest.approx([0.01])
 
     ddp_acc = _event_scalars(run, "val/acc")[-1]
     assert round(ddp_acc * 15) == pytest.approx(ddp_acc * 15, abs=1e-4), "val/acc is not k/15"

@@ -108,7 +108,8 @@ class RunSummary(L.Callback):
         """The run's layout as a flat dict (also used by tests)."""
         batch = getattr(trainer.datamodule, "batch_size", None) if trainer.datamodule is not None else None
         accumulate = int(trainer.accumulate_grad_batches)
-        lrs = [float(g["lr"]) for opt in trainer.optimizers for g in opt.param_groups]
+        # The schedule's base (peak) rate: "lr" itself is already the warm-up's first value.
+        lrs = [float(g.get("initial_lr", g["lr"])) for opt in trainer.optimizers for g in opt.param_groups]
         rule = getattr(pl_module, "scale_lr", "none")
         return {
             "precision": str(trainer.precision),
@@ -134,7 +135,7 @@ class RunSummary(L.Callback):
             f"{info['num_nodes']} node(s) x {info['devices_per_node']} device(s) = world size {info['world_size']}; "
             f"effective batch {info['effective_batch_size']} = {batch} per device x {info['world_size']} "
             f"x {info['accumulate_grad_batches']} accumulated; "
-            f"lr per group [{lrs}] (scale_lr {info['scale_lr']}, x{info['lr_scale_factor']:.3g})"
+            f"base lr per group [{lrs}] (scale_lr {info['scale_lr']}, x{info['lr_scale_factor']:.3g})"
         )
         rank_zero_info(f"lit_vision run: {text}")
         self._write(trainer, info, text)

@@ -174,7 +174,7 @@ def save_last(trainer: L.Trainer) -> Path | None:
         return None
     path = Path(ckpt.last_model_path or Path(dirpath) / f"{ckpt.CHECKPOINT_NAME_LAST}{ckpt.FILE_EXTENSION}")
     ckpt.last_model_path = str(path)
-    trainer.save_checkpoint(path)
+    trainer.save_checkpoint(path, weights_only=False)  # full state, for resume
     return path
 
 
