@@ -13,7 +13,7 @@ Each phase runs in its own process, so its peak RSS (the process plus its loader
 sampled) is its own. Usage:
 
   python bench/throughput.py --data /tmp/lv_gtsrb            # or the raw gtsrb class folders
-  python bench/throughput.py --mode catsdogs --data /tmp/lv_catsdogs
+  python bench/throughput.py --mode catsdogs --data /tmp/lv_catsdogs --transfer-phase frozen
 
 Results go to bench/results/throughput-MODE-TIMESTAMP.{json,md} and a table is printed.
 """
@@ -59,7 +59,7 @@ GTSRB = dict(
 )
 CATSDOGS = dict(
     image_size=224,
-    lr=1e-4, weight_decay=1e-2, schedule=dict(),
+    lr=1e-3, weight_decay=1e-2, schedule=dict(),
     augment=dict(hflip=True, rotate=15.0, scale=(0.8, 1.2), translate=0.1, color_jitter=0.2),
 )
 
@@ -103,25 +103,6 @@ def classes_and_counts(root: Path) -> tuple[list[str], int]:
 
 
 # ---------------------------------------------------------------- models
-class TimmClassifier(ImageClassifier):
-    """Minimal transfer model for the 224 px mode: a timm backbone trained end to end.
-
-    Args:
-        num_classes: Number of classes.
-        class_names: Class names.
-        model_name: timm model name.
-    """
-
-    default_image_size = 224
-
-    def __init__(self, num_classes: int, class_names: list[str] | None = None,
-                 model_name: str = "efficientnet_lite0", **kwargs: Any) -> None:
-        super().__init__(num_classes, class_names, **kwargs)
-        import timm
-
-        self.net = timm.create_model(model_name, pretrained=False, num_classes=num_classes)
-
-
 def build_model(args: argparse.Namespace, classes: list[str]) -> ImageClassifier:
     """The LightningModule of the chosen mode (its ``forward`` is used by every phase)."""
     cfg = GTSRB if args.mode == "gtsrb" else CATSDOGS
@@ -136,8 +117,17 @@ def build_model(args: argparse.Namespace, classes: list[str]) -> ImageClassifier
         module, _, name = args.model_class.rpartition(".")
         cls = getattr(__import__(module, fromlist=[name]), name)
         return cls(num_classes=len(classes), class_names=classes)
-    return TimmClassifier(len(classes), classes, optimizer=optimizer, scheduler=scheduler,
-                          label_smoothing=0.1, channels_last=not args.no_channels_last)
+    # configs/catsdogs_transfer.yaml's model in one of its two phases: backbone frozen (head only)
+    # or the last 3 blocks unfrozen; the packaged offline ImageNet weights.
+    from lit_vision.models import TransferClassifier
+
+    model = TransferClassifier(
+        len(classes), classes, backbone="efficientnet_lite0", weights="efficientnet-lite0-package",
+        hidden=64, dropout=0.25, freeze_epochs=10**6 if args.transfer_phase == "frozen" else 0,
+        unfreeze_blocks=3, backbone_lr=5e-5, label_smoothing=0.1, optimizer=optimizer, scheduler=scheduler,
+        channels_last=not args.no_channels_last)
+    model.apply_phase(0)
+    return model
 
 
 def total_steps(n_train: int, batch: int, epochs: int) -> int:
@@ -180,12 +170,13 @@ def phase_naive(args: argparse.Namespace, tta: bool = False) -> dict[str, Any]:
     net = model.net  # the bare network: normalisation is in the transforms, NCHW memory format
     train, val = naive_loaders(args, with_val=tta)
     epochs = args.tta_epochs if tta else args.epochs
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=cfg["lr"],
+                            weight_decay=cfg["weight_decay"])
     sched = WarmupCosineLR(opt, total_steps=len(train) * epochs, **cfg["schedule"])
     ls = model.label_smoothing
     epoch_times, seen, history, reached = [], [], [], None
     for epoch in range(epochs):
-        net.train()
+        model.train()  # (a transfer model keeps its frozen backbone in eval mode)
         t0, n = time.perf_counter(), 0
         for i, (x, y) in enumerate(train):
             if args.limit_batches and i >= args.limit_batches:
@@ -226,7 +217,7 @@ def phase_memory(args: argparse.Namespace) -> dict[str, Any]:
     model = build_model(args, classes)
     model.configure_model()
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     bs, epoch_times, seen = args.batch_size, [], []
     for _ in range(args.epochs):
         perm = torch.randperm(len(targets))
@@ -359,6 +350,8 @@ def main() -> None:
     p.add_argument("--tta-epochs", type=int, default=30)
     p.add_argument("--target-acc", type=float, default=0.97)
     p.add_argument("--full-tta", action="store_true", help="lit tta: train all epochs (final accuracy)")
+    p.add_argument("--transfer-phase", choices=["frozen", "unfrozen"], default="unfrozen",
+                   help="catsdogs: train the head only, or the head and the last 3 backbone blocks")
     p.add_argument("--model-class", default=None, help="catsdogs: dotted LightningModule class")
     p.add_argument("--no-channels-last", action="store_true")
     p.add_argument("--repeat", type=int, default=1, help="interleaved runs of each throughput phase (best kept)")

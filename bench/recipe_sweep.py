@@ -1,0 +1,233 @@
+"""GTSRB recipe sweep: many short trainings of gtsrb_cnn's network on in-memory data, plain torch.
+
+Used to choose configs/gtsrb_cnn.yaml's schedule (it ran on a lent GPU, six variants at a time;
+on 2 CPU cores one 30-epoch variant takes ~7 min). Each variant is a dict of overrides of BASE
+(5% warm-up + cosine at lr 2e-3, batch augmentation, per-image standardisation); every result is
+one JSON line: the variant, val/acc after each epoch, best, final, seconds.
+
+  python bench/recipe_sweep.py --data /tmp/lv_gtsrb --variants oc5e-3_30,clahe --seeds 0,1,2 \
+      --out sweep.jsonl
+  SHARD=0/6 python bench/recipe_sweep.py ... # run every 6th job (one process per shard)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
+try:
+    import albumentations  # noqa: F401
+except ImportError as e:  # a GPU box without albumentations: the batch-augmentation variants still run
+    import types
+
+    print("no albumentations:", e, flush=True)
+    fake = types.ModuleType("albumentations")
+    fake.Compose = fake.BasicTransform = object
+    sys.modules["albumentations"] = fake
+from lit_vision.data import decode_all, discover_classes, list_samples  # noqa: E402
+from lit_vision.networks import SimpleCNN  # noqa: E402
+from lit_vision.transforms import BatchAugment, train_transforms  # noqa: E402
+
+BASE = dict(epochs=15, lr=2e-3, wd=5e-4, bs=64, warm=0.05, wstart=0.1, final=0.01, aug="batch",
+            channels=[32, 64, 128], cpb=2, bdrop=0.1, grid=4, hidden=256, drop=0.4, ls=0.1, norm="image",
+            rotate=10.0, scale=(0.9, 1.1), translate=0.1, shear=0.0, cj=0.3, opt="adamw", seed=0)
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+class AlbumentationsDataset(torch.utils.data.Dataset):
+    """Per-sample albumentations on uint8 HWC arrays (the ``augment: sample`` path)."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, tf: Any) -> None:
+        self.x, self.y, self.tf = x, y, tf
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return torch.from_numpy(self.tf(image=self.x[i])["image"]).permute(2, 0, 1), int(self.y[i])
+
+
+def clahe(images: np.ndarray, clip: float) -> np.ndarray:
+    """CLAHE on the L channel of LAB (4x4 tiles), image by image."""
+    import cv2
+
+    op = cv2.createCLAHE(clipLimit=clip, tileGridSize=(4, 4))
+    out = np.empty_like(images)
+    for i, im in enumerate(images):
+        lab = cv2.cvtColor(im, cv2.COLOR_RGB2LAB)
+        lab[..., 0] = op.apply(lab[..., 0])
+        out[i] = cv2.cvtColor(lab, cv2.COLOR_LAB2RGB)
+    return out
+
+
+def run(cfg: dict[str, Any], data: tuple, dev: str) -> dict[str, Any]:
+    """Train one variant; val/acc after every epoch."""
+    c = dict(BASE, **cfg)
+    torch.manual_seed(c["seed"])
+    np.random.seed(c["seed"])
+    xtr, ytr, xva, yva = data
+    if c.get("clahe"):
+        xtr, xva = clahe(xtr, c["clahe"]), clahe(xva, c["clahe"])
+    net = SimpleCNN(43, channels=c["channels"], convs_per_block=c["cpb"], block_dropout=c["bdrop"],
+                    pool_grid=c["grid"], hidden=c["hidden"], dropout=c["drop"]).to(dev)
+    net = net.to(memory_format=torch.channels_last)
+    if c["opt"] == "adamw":
+        opt = torch.optim.AdamW(net.parameters(), lr=c["lr"], weight_decay=c["wd"])
+    else:
+        opt = torch.optim.SGD(net.parameters(), lr=c["lr"], momentum=0.9, nesterov=True, weight_decay=c["wd"])
+    bs = c["bs"]
+    steps_per_epoch = len(ytr) // bs
+    total = steps_per_epoch * c["epochs"]
+    warm = int(total * c["warm"])
+
+    def factor(step: int) -> float:  # = lit_vision.WarmupCosineLR
+        if step < warm:
+            return c["wstart"] + (1 - c["wstart"]) * step / max(1, warm)
+        p = min(1.0, (step - warm) / max(1, total - warm))
+        return c["final"] + (1 - c["final"]) * 0.5 * (1 + math.cos(math.pi * p))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    aug = dict(rotate=c["rotate"], scale=tuple(c["scale"]), translate=c["translate"], shear=c["shear"],
+               color_jitter=c["cj"])
+    batch_aug = BatchAugment(**aug)
+    xtr_t = torch.from_numpy(xtr).permute(0, 3, 1, 2).contiguous().to(dev)
+    ytr_t = torch.from_numpy(ytr).long().to(dev)
+    xva_t = torch.from_numpy(xva).permute(0, 3, 1, 2).contiguous().to(dev)
+    yva_t = torch.from_numpy(yva).long().to(dev)
+    if c["aug"] == "sample":
+        loader = torch.utils.data.DataLoader(
+            AlbumentationsDataset(xtr, ytr, train_transforms(**aug)), batch_size=bs, shuffle=True,
+            drop_last=True, num_workers=3, persistent_workers=True)
+    mean = torch.tensor(MEAN, device=dev).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=dev).view(1, 3, 1, 1)
+
+    def norm(x: torch.Tensor) -> torch.Tensor:  # = ImageClassifier.normalize
+        x = x.float() / 255 if x.dtype == torch.uint8 else x
+        if c["norm"] == "image":
+            x = (x - x.mean((1, 2, 3), keepdim=True)) / x.std((1, 2, 3), keepdim=True).clamp_min(1 / 255)
+        else:
+            x = (x - mean) / std
+        return x.contiguous(memory_format=torch.channels_last)
+
+    def batches() -> Any:
+        if c["aug"] == "sample":
+            yield from ((x.to(dev), y.to(dev)) for x, y in loader)
+            return
+        perm = torch.randperm(len(ytr_t), device=dev)
+        for i in range(steps_per_epoch):
+            idx = perm[i * bs:(i + 1) * bs]
+            yield (batch_aug(xtr_t[idx]) if c["aug"] == "batch" else xtr_t[idx]), ytr_t[idx]
+
+    ema = None
+    if c.get("ema"):
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(c["ema"]), use_buffers=True)
+    hist, t0 = [], time.time()
+    for _ in range(c["epochs"]):
+        net.train()
+        for x, y in batches():
+            with torch.autocast(dev, dtype=torch.bfloat16, enabled=c.get("amp", False)):
+                loss = F.cross_entropy(net(norm(x)), y, label_smoothing=c["ls"])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            if ema is not None:
+                ema.update_parameters(net)
+        evaluated = ema.module if ema is not None else net
+        evaluated.eval()
+        with torch.no_grad():
+            pred = torch.cat([evaluated(norm(xva_t[i:i + 512])).argmax(1) for i in range(0, len(yva_t), 512)])
+        hist.append(round((pred == yva_t).float().mean().item(), 4))
+    return dict(cfg=cfg, hist=hist, best=max(hist), final=hist[-1], secs=round(time.time() - t0, 1))
+
+
+VARIANTS = {
+    "base30": dict(epochs=30),
+    "base15": dict(),
+    "oc5e-3": dict(lr=5e-3, warm=0.3, wstart=0.04, final=1e-3),
+    "oc1e-2": dict(lr=1e-2, warm=0.3, wstart=0.04, final=1e-3),
+    "sample": dict(aug="sample"),
+    "sample_oc5e-3": dict(aug="sample", lr=5e-3, warm=0.3, wstart=0.04, final=1e-3),
+    "wide": dict(channels=[64, 128, 256]),
+    "nocj": dict(cj=0.0),
+    "strong": dict(rotate=15.0, scale=(0.8, 1.2), translate=0.15, shear=8.0, cj=0.4),
+    "dsnorm": dict(norm="dataset"),
+    "bs128": dict(bs=128, lr=4e-3),
+    "head512": dict(hidden=512, drop=0.5),
+    "noaug": dict(aug="none"),
+    "lowwd": dict(wd=5e-2),
+    "grid2": dict(grid=2, hidden=512),
+    "cpb3": dict(cpb=3),
+    "oc5e-3_30": dict(epochs=30, lr=5e-3, warm=0.3, wstart=0.04, final=1e-3),
+    "sample30": dict(aug="sample", epochs=30),
+    "strong_oc": dict(rotate=15.0, scale=(0.8, 1.2), translate=0.15, shear=8.0, cj=0.4, lr=5e-3, warm=0.3, wstart=0.04, final=1e-3),
+    "sgd": dict(opt="sgd", lr=0.05),
+    "nols": dict(ls=0.0),
+    "oc5e-3_25": dict(epochs=25, lr=5e-3, warm=0.3, wstart=0.04, final=1e-3),
+    "oc5e-3_20": dict(epochs=20, lr=5e-3, warm=0.3, wstart=0.04, final=1e-3),
+    "oc8e-3_30": dict(epochs=30, lr=8e-3, warm=0.3, wstart=0.04, final=1e-3),
+    "oc3e-3_30": dict(epochs=30, lr=3e-3, warm=0.3, wstart=0.04, final=1e-3),
+    "ema": dict(epochs=30, lr=5e-3, warm=0.3, wstart=0.04, final=1e-3, ema=0.998),
+    "clahe": dict(epochs=30, lr=5e-3, warm=0.3, wstart=0.04, final=1e-3, clahe=2.0),
+    "clahe_ema": dict(epochs=30, lr=5e-3, warm=0.3, wstart=0.04, final=1e-3, clahe=2.0, ema=0.998),
+    "reg": dict(epochs=30, lr=5e-3, warm=0.3, wstart=0.04, final=1e-3, bdrop=0.2, drop=0.5),
+    "sample_oc30": dict(epochs=30, lr=5e-3, warm=0.3, wstart=0.04, final=1e-3, aug="sample"),
+    "oc5e-3_30_bf16": dict(epochs=30, lr=5e-3, warm=0.3, wstart=0.04, final=1e-3, amp=True),
+}
+
+def load(root: str) -> tuple:
+    """(train images, train targets, val images, val targets) of a split root, decoded at 32 px."""
+    out = []
+    classes = discover_classes(os.path.join(root, "train"))
+    for split in ("train", "val"):
+        samples = list_samples(os.path.join(root, split), classes)
+        out += [decode_all([p for p, _ in samples], 32), np.array([t for _, t in samples])]
+    return tuple(out)
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", help="split root (train/ val/) of GTSRB")
+    ap.add_argument("--npz", help="or: an .npz with train_x/train_y/val_x/val_y (uint8 NHWC at 32 px)")
+    ap.add_argument("--variants", default="all", help=f"comma-separated from: {', '.join(VARIANTS)}")
+    ap.add_argument("--seeds", default="0")
+    ap.add_argument("--set", default="{}", help="JSON overrides applied to every variant, e.g. '{\"epochs\": 1}'")
+    ap.add_argument("--out", default=None, help="append JSON lines here")
+    args = ap.parse_args()
+    names = list(VARIANTS) if args.variants == "all" else args.variants.split(",")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    extra, out = json.loads(args.set), args.out
+    torch.set_num_threads(int(os.getenv("THREADS", "2")))
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    if dev == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    if args.npz:
+        d = np.load(args.npz)
+        data = (d["train_x"], d["train_y"], d["val_x"], d["val_y"])
+    else:
+        data = load(args.data)
+    jobs = [(n, s) for n in names for s in seeds]
+    shard, nshard = (int(v) for v in os.getenv("SHARD", "0/1").split("/"))
+    for n, s in jobs[shard::nshard]:
+        try:
+            r = run(dict(VARIANTS[n], seed=s, **extra), data, dev)
+            r["name"] = n
+        except Exception as e:  # one broken variant must not stop the others
+            r = dict(name=n, seed=s, error=repr(e))
+        line = json.dumps(r)
+        print(line, flush=True)
+        if out:
+            with open(out, "a") as f:
+                f.write(line + "\n")
