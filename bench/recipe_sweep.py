@@ -17,6 +17,7 @@ import math
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -189,9 +190,9 @@ VARIANTS = {
 def load(root: str) -> tuple:
     """(train images, train targets, val images, val targets) of a split root, decoded at 32 px."""
     out = []
-    classes = discover_classes(os.path.join(root, "train"))
+    classes = discover_classes(Path(root) / "train")
     for split in ("train", "val"):
-        samples = list_samples(os.path.join(root, split), classes)
+        samples = list_samples(Path(root) / split, classes)
         out += [decode_all([p for p, _ in samples], 32), np.array([t for _, t in samples])]
     return tuple(out)
 
