@@ -64,7 +64,7 @@ def test_report_fields_are_filled(fitted: tuple[Path, dict]) -> None:
     assert [h["epoch"] for h in r["history"]] == [0, 1]
     assert all("val/acc" in h and "train/loss_epoch" in h for h in r["history"])
     lrs = [h["lr/0"] for h in r["history"]]  # WarmupCosineLR over 2 one-batch epochs
-    assert lrs[0] != lrs[1] and all(0 < lr <= 0.002 for lr in lrs)
+    assert lrs[0] != lrs[1] and all(0 < lr <= 0.005 for lr in lrs)  # gtsrb_cnn's peak lr
     for stage in ("val", "test"):
         ev = r["evaluation"][stage]
         assert ev["images"] == 12 and len(ev["per_class"]) == 3
