@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -35,13 +34,13 @@ except ImportError as e:  # a GPU box without albumentations: the batch-augmenta
     fake.Compose = fake.BasicTransform = object
     sys.modules["albumentations"] = fake
 from lit_vision.data import decode_all, discover_classes, list_samples  # noqa: E402
-from lit_vision.networks import SimpleCNN  # noqa: E402
+from lit_vision.models import CNNClassifier  # noqa: E402
+from lit_vision.schedulers import WarmupCosineLR  # noqa: E402
 from lit_vision.transforms import BatchAugment, train_transforms  # noqa: E402
 
 BASE = dict(epochs=15, lr=2e-3, wd=5e-4, bs=64, warm=0.05, wstart=0.1, final=0.01, aug="batch",
             channels=[32, 64, 128], cpb=2, bdrop=0.1, grid=4, hidden=256, drop=0.4, ls=0.1, norm="image",
             rotate=10.0, scale=(0.9, 1.1), translate=0.1, shear=0.0, cj=0.3, opt="adamw", seed=0)
-MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 class AlbumentationsDataset(torch.utils.data.Dataset):
@@ -78,25 +77,18 @@ def run(cfg: dict[str, Any], data: tuple, dev: str) -> dict[str, Any]:
     xtr, ytr, xva, yva = data
     if c.get("clahe"):
         xtr, xva = clahe(xtr, c["clahe"]), clahe(xva, c["clahe"])
-    net = SimpleCNN(43, channels=c["channels"], convs_per_block=c["cpb"], block_dropout=c["bdrop"],
-                    pool_grid=c["grid"], hidden=c["hidden"], dropout=c["drop"]).to(dev)
-    net = net.to(memory_format=torch.channels_last)
+    # The product's module: its forward normalises (input_norm) and runs channels-last.
+    net = CNNClassifier(43, channels=c["channels"], convs_per_block=c["cpb"], block_dropout=c["bdrop"],
+                        pool_grid=c["grid"], hidden=c["hidden"], dropout=c["drop"], input_norm=c["norm"]).to(dev)
+    net.configure_model()
     if c["opt"] == "adamw":
         opt = torch.optim.AdamW(net.parameters(), lr=c["lr"], weight_decay=c["wd"])
     else:
         opt = torch.optim.SGD(net.parameters(), lr=c["lr"], momentum=0.9, nesterov=True, weight_decay=c["wd"])
     bs = c["bs"]
     steps_per_epoch = len(ytr) // bs
-    total = steps_per_epoch * c["epochs"]
-    warm = int(total * c["warm"])
-
-    def factor(step: int) -> float:  # = lit_vision.WarmupCosineLR
-        if step < warm:
-            return c["wstart"] + (1 - c["wstart"]) * step / max(1, warm)
-        p = min(1.0, (step - warm) / max(1, total - warm))
-        return c["final"] + (1 - c["final"]) * 0.5 * (1 + math.cos(math.pi * p))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    sched = WarmupCosineLR(opt, total_steps=steps_per_epoch * c["epochs"], warmup_fraction=c["warm"],
+                           warmup_start=c["wstart"], final_factor=c["final"])
     aug = dict(rotate=c["rotate"], scale=tuple(c["scale"]), translate=c["translate"], shear=c["shear"],
                color_jitter=c["cj"])
     batch_aug = BatchAugment(**aug)
@@ -108,17 +100,6 @@ def run(cfg: dict[str, Any], data: tuple, dev: str) -> dict[str, Any]:
         loader = torch.utils.data.DataLoader(
             AlbumentationsDataset(xtr, ytr, train_transforms(**aug)), batch_size=bs, shuffle=True,
             drop_last=True, num_workers=3, persistent_workers=True)
-    mean = torch.tensor(MEAN, device=dev).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=dev).view(1, 3, 1, 1)
-
-    def norm(x: torch.Tensor) -> torch.Tensor:  # = ImageClassifier.normalize
-        x = x.float() / 255 if x.dtype == torch.uint8 else x
-        if c["norm"] == "image":
-            x = (x - x.mean((1, 2, 3), keepdim=True)) / x.std((1, 2, 3), keepdim=True).clamp_min(1 / 255)
-        else:
-            x = (x - mean) / std
-        return x.contiguous(memory_format=torch.channels_last)
-
     def batches() -> Any:
         if c["aug"] == "sample":
             yield from ((x.to(dev), y.to(dev)) for x, y in loader)
@@ -138,7 +119,7 @@ def run(cfg: dict[str, Any], data: tuple, dev: str) -> dict[str, Any]:
         net.train()
         for x, y in batches():
             with torch.autocast(dev, dtype=torch.bfloat16, enabled=c.get("amp", False)):
-                loss = F.cross_entropy(net(norm(x)), y, label_smoothing=c["ls"])
+                loss = F.cross_entropy(net(x), y, label_smoothing=c["ls"])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -148,7 +129,7 @@ def run(cfg: dict[str, Any], data: tuple, dev: str) -> dict[str, Any]:
         evaluated = ema.module if ema is not None else net
         evaluated.eval()
         with torch.no_grad():
-            pred = torch.cat([evaluated(norm(xva_t[i:i + 512])).argmax(1) for i in range(0, len(yva_t), 512)])
+            pred = torch.cat([evaluated(xva_t[i:i + 512]).argmax(1) for i in range(0, len(yva_t), 512)])
         hist.append(round((pred == yva_t).float().mean().item(), 4))
     return dict(cfg=cfg, hist=hist, best=max(hist), final=hist[-1], secs=round(time.time() - t0, 1))
 
