@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import inspect
 import json
 import os
 import platform
@@ -38,6 +39,7 @@ import numpy as np
 import psutil
 import torch
 import torch.nn.functional as F
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -45,23 +47,32 @@ sys.path.insert(0, str(ROOT / "src"))
 from lit_vision.cli import cpu_has_native_bf16  # noqa: E402
 from lit_vision.data import ImageFolderDataModule, decode_all, discover_classes, list_samples  # noqa: E402
 from lit_vision.models import ImageClassifier  # noqa: E402
-from lit_vision.schedulers import WarmupCosineLR  # noqa: E402
 
-MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+# Each mode trains exactly what `fit --config` trains: the bench reads the config file.
+CONFIGS = {"gtsrb": ROOT / "configs" / "gtsrb_cnn.yaml", "catsdogs": ROOT / "configs" / "catsdogs_transfer.yaml"}
+AUGMENT_KEYS = ("hflip", "vflip", "rotate", "scale", "translate", "shear", "color_jitter")
 
-# The experiment of configs/gtsrb_cnn.yaml (kept in step by hand: the bench needs plain objects).
-GTSRB = dict(
-    image_size=32,
-    model=dict(channels=(32, 64, 128), convs_per_block=2, block_dropout=0.1, pool_grid=4, hidden=256,
-               dropout=0.4, label_smoothing=0.1, input_norm="image"),
-    lr=5e-3, weight_decay=5e-4, schedule=dict(warmup_fraction=0.3, warmup_start=0.04, final_factor=0.001),
-    augment=dict(hflip=False, rotate=10.0, scale=(0.9, 1.1), translate=0.1, color_jitter=0.3),
-)
-CATSDOGS = dict(
-    image_size=224,
-    lr=1e-3, weight_decay=1e-2, schedule=dict(),
-    augment=dict(hflip=True, rotate=15.0, scale=(0.8, 1.2), translate=0.1, color_jitter=0.2),
-)
+
+def import_class(path: str) -> Any:
+    module, _, name = path.rpartition(".")
+    return getattr(__import__(module, fromlist=[name]), name)
+
+
+@functools.cache
+def experiment(mode: str) -> dict[str, Any]:
+    """The mode's config: model class and arguments, optimizer, schedule, image size, augmentation."""
+    cfg = yaml.safe_load(CONFIGS[mode].read_text())
+    model = dict(cfg["model"]["init_args"])
+    optimizer, scheduler = model.pop("optimizer"), model.pop("scheduler")
+    data = cfg["data"]["init_args"]
+    defaults = inspect.signature(ImageFolderDataModule).parameters
+    return {
+        "model_class": import_class(cfg["model"]["class_path"]), "model": model,
+        "optimizer": functools.partial(import_class(optimizer["class_path"]), **optimizer.get("init_args", {})),
+        "scheduler": functools.partial(import_class(scheduler["class_path"]), **scheduler.get("init_args", {})),
+        "image_size": data.get("image_size"),  # None: the model's own (a backbone's pretrained size)
+        "augment": {k: data.get(k, defaults[k].default) for k in AUGMENT_KEYS},
+    }
 
 
 # ---------------------------------------------------------------- measurement helpers
@@ -105,46 +116,34 @@ def classes_and_counts(root: Path) -> tuple[list[str], int]:
 # ---------------------------------------------------------------- models
 def build_model(args: argparse.Namespace, classes: list[str]) -> ImageClassifier:
     """The LightningModule of the chosen mode (its ``forward`` is used by every phase)."""
-    cfg = GTSRB if args.mode == "gtsrb" else CATSDOGS
-    optimizer = functools.partial(torch.optim.AdamW, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-    scheduler = functools.partial(WarmupCosineLR, total_steps=None, **cfg["schedule"])
-    if args.mode == "gtsrb":
-        from lit_vision.models import CNNClassifier
-
-        return CNNClassifier(len(classes), classes, optimizer=optimizer, scheduler=scheduler,
-                             channels_last=not args.no_channels_last, **cfg["model"])
     if args.model_class:
-        module, _, name = args.model_class.rpartition(".")
-        cls = getattr(__import__(module, fromlist=[name]), name)
-        return cls(num_classes=len(classes), class_names=classes)
-    # configs/catsdogs_transfer.yaml's model in one of its two phases: backbone frozen (head only)
-    # or the last 3 blocks unfrozen; the packaged offline ImageNet weights.
-    from lit_vision.models import TransferClassifier
-
-    model = TransferClassifier(
-        len(classes), classes, backbone="efficientnet_lite0", weights="efficientnet-lite0-package",
-        hidden=64, dropout=0.25, freeze_epochs=10**6 if args.transfer_phase == "frozen" else 0,
-        unfreeze_blocks=3, backbone_lr=5e-5, label_smoothing=0.1, optimizer=optimizer, scheduler=scheduler,
-        channels_last=not args.no_channels_last)
-    model.apply_phase(0)
+        return import_class(args.model_class)(num_classes=len(classes), class_names=classes)
+    exp = experiment(args.mode)
+    kwargs = dict(exp["model"])
+    if args.mode == "catsdogs":  # the transfer model held in one phase: head only, or blocks unfrozen
+        kwargs["freeze_epochs"] = 10**6 if args.transfer_phase == "frozen" else 0
+    model = exp["model_class"](len(classes), classes, optimizer=exp["optimizer"],
+                               scheduler=functools.partial(exp["scheduler"], total_steps=None),
+                               channels_last=not args.no_channels_last, **kwargs)
+    if hasattr(model, "apply_phase"):
+        model.apply_phase(0)
     return model
 
 
-def total_steps(n_train: int, batch: int, epochs: int) -> int:
-    return max(1, n_train // batch) * epochs
+def image_size(args: argparse.Namespace, model: ImageClassifier) -> int:
+    return experiment(args.mode)["image_size"] or model.default_image_size
 
 
 # ---------------------------------------------------------------- phases
-def naive_loaders(args: argparse.Namespace, with_val: bool) -> tuple[Any, Any]:
+def naive_loaders(args: argparse.Namespace, model: ImageClassifier, with_val: bool) -> tuple[Any, Any]:
     from torchvision import datasets
     from torchvision import transforms as T
 
-    cfg = GTSRB if args.mode == "gtsrb" else CATSDOGS
-    size, aug = cfg["image_size"], cfg["augment"]
+    size, aug = image_size(args, model), experiment(args.mode)["augment"]
     # The model's input normalisation, as a transform: per-image standardisation (gtsrb_cnn's
-    # input_norm: image) or the ImageNet mean/std.
-    norm = (T.Lambda(lambda x: (x - x.mean()) / x.std().clamp_min(1 / 255))
-            if cfg.get("model", {}).get("input_norm") == "image" else T.Normalize(MEAN, STD))
+    # input_norm: image) or the model's mean/std.
+    norm = (T.Lambda(lambda x: (x - x.mean()) / x.std().clamp_min(1 / 255)) if model.input_norm == "image"
+            else T.Normalize(model.mean.flatten().tolist(), model.std.flatten().tolist()))
     train_tf = T.Compose(
         [T.Resize((size, size))]
         + ([T.RandomHorizontalFlip()] if aug["hflip"] else [])
@@ -163,16 +162,14 @@ def naive_loaders(args: argparse.Namespace, with_val: bool) -> tuple[Any, Any]:
 def phase_naive(args: argparse.Namespace, tta: bool = False) -> dict[str, Any]:
     """Plain PyTorch loop on torchvision ImageFolder; ``tta`` adds validation and stops at the target."""
     t_start = time.perf_counter()
-    cfg = GTSRB if args.mode == "gtsrb" else CATSDOGS
     classes, n_train = classes_and_counts(Path(args.data))
     torch.manual_seed(0)
     model = build_model(args, classes)
     net = model.net  # the bare network: normalisation is in the transforms, NCHW memory format
-    train, val = naive_loaders(args, with_val=tta)
+    train, val = naive_loaders(args, model, with_val=tta)
     epochs = args.tta_epochs if tta else args.epochs
-    opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=cfg["lr"],
-                            weight_decay=cfg["weight_decay"])
-    sched = WarmupCosineLR(opt, total_steps=len(train) * epochs, **cfg["schedule"])
+    opt = experiment(args.mode)["optimizer"]([p for p in net.parameters() if p.requires_grad])
+    sched = experiment(args.mode)["scheduler"](opt, total_steps=len(train) * epochs)
     ls = model.label_smoothing
     epoch_times, seen, history, reached = [], [], [], None
     for epoch in range(epochs):
@@ -210,14 +207,13 @@ def phase_memory(args: argparse.Namespace) -> dict[str, Any]:
     """The compute limit: decoded uint8 tensors in memory, the model's own forward, no augmentation."""
     classes = discover_classes(Path(args.data) / "train")
     samples = list_samples(Path(args.data) / "train", classes)
-    size = (GTSRB if args.mode == "gtsrb" else CATSDOGS)["image_size"]
-    images = torch.from_numpy(decode_all([p for p, _ in samples], size)).permute(0, 3, 1, 2)
-    targets = torch.tensor([t for _, t in samples])
     torch.manual_seed(0)
     model = build_model(args, classes)
+    images = torch.from_numpy(decode_all([p for p, _ in samples], image_size(args, model))).permute(0, 3, 1, 2)
+    targets = torch.tensor([t for _, t in samples])
     model.configure_model()
     model.train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    opt = experiment(args.mode)["optimizer"]([p for p in model.parameters() if p.requires_grad])
     bs, epoch_times, seen = args.batch_size, [], []
     for _ in range(args.epochs):
         perm = torch.randperm(len(targets))
@@ -228,7 +224,7 @@ def phase_memory(args: argparse.Namespace) -> dict[str, Any]:
             idx = perm[i * bs:(i + 1) * bs]
             x, y = images[idx], targets[idx]
             with autocast(args.precision):
-                loss = F.cross_entropy(model(x), y, label_smoothing=0.1)
+                loss = F.cross_entropy(model(x), y, label_smoothing=model.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -238,10 +234,10 @@ def phase_memory(args: argparse.Namespace) -> dict[str, Any]:
     return {"epoch_times": epoch_times, "samples": seen, "n_train": len(samples)}
 
 
-def lit_datamodule(args: argparse.Namespace, augment: str, cache_dir: str) -> ImageFolderDataModule:
-    cfg = GTSRB if args.mode == "gtsrb" else CATSDOGS
-    return ImageFolderDataModule(args.data, image_size=cfg["image_size"], batch_size=args.batch_size,
-                                 cache_dir=cache_dir, augment=augment, **cfg["augment"])
+def lit_datamodule(args: argparse.Namespace, model: ImageClassifier, augment: str,
+                   cache_dir: str) -> ImageFolderDataModule:
+    return ImageFolderDataModule(args.data, image_size=image_size(args, model), batch_size=args.batch_size,
+                                 cache_dir=cache_dir, augment=augment, **experiment(args.mode)["augment"])
 
 
 def phase_lit(args: argparse.Namespace, augment: str = "batch", tta: bool = False) -> dict[str, Any]:
@@ -249,16 +245,16 @@ def phase_lit(args: argparse.Namespace, augment: str = "batch", tta: bool = Fals
     import lightning as L
 
     t_start = time.perf_counter()
+    L.seed_everything(0, verbose=False)
+    model = build_model(args, discover_classes(Path(args.data) / "train"))
     cache_dir = tempfile.mkdtemp(prefix="lv_bench_cache_")  # cold: the build is part of the run
-    dm = lit_datamodule(args, augment, cache_dir)
+    dm = lit_datamodule(args, model, augment, cache_dir)
     t0 = time.perf_counter()
     dm.setup("fit")
     cache_build_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    lit_datamodule(args, augment, cache_dir).setup("fit")  # second run: memory-maps the disk cache
+    lit_datamodule(args, model, augment, cache_dir).setup("fit")  # second run: memory-maps the disk cache
     cache_load_s = time.perf_counter() - t0
-    L.seed_everything(0, verbose=False)
-    model = build_model(args, dm.classes)
     epochs = args.tta_epochs if tta else args.epochs
     times: dict[str, Any] = {"epoch_times": [], "history": [], "reached": None}
 
@@ -372,7 +368,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="lv_bench_") as tmp:
         args.data = prepare_data(args.data, Path(tmp))
-        results: dict[str, Any] = {}
+        runs: dict[str, list[dict[str, Any]]] = {}
         phases = args.phases.split(",")
         # Throughput phases are interleaved --repeat times and each keeps its fastest run: on a
         # shared machine a neighbour's burst then cannot land on one phase only.
@@ -387,14 +383,13 @@ def main() -> None:
             proc = subprocess.run(cmd, stdout=subprocess.DEVNULL if not os.getenv("BENCH_VERBOSE") else None)
             if proc.returncode:
                 raise SystemExit(f"phase {phase} failed (exit {proc.returncode}); rerun with BENCH_VERBOSE=1")
-            result = json.loads(out.read_text())
-            print(f"\n[bench] {phase}: {summary_line(phase, result)}", flush=True)
-            if phase in results and not phase.startswith("tta"):
-                runs = results[phase].pop("runs_img_s", [steady(results[phase])["img_s"]])
-                result["runs_img_s"] = runs + [steady(result)["img_s"]]
-                if steady(result)["img_s"] < steady(results[phase])["img_s"]:
-                    result, results[phase]["runs_img_s"] = results[phase], result["runs_img_s"]
-            results[phase] = result
+            runs.setdefault(phase, []).append(json.loads(out.read_text()))
+            print(f"\n[bench] {phase}: {summary_line(phase, runs[phase][-1])}", flush=True)
+        results = {}
+        for phase, rs in runs.items():  # the fastest run of each phase, with all runs' images/s
+            results[phase] = max(rs, key=lambda r: steady(r)["img_s"])  # (tta phases run once)
+            if len(rs) > 1:
+                results[phase]["runs_img_s"] = [steady(r)["img_s"] for r in rs]
     report(args, results)
 
 
