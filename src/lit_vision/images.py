@@ -25,10 +25,30 @@ class ImageDecodeError(ValueError):
         super().__init__(f"cannot read image {self.path}: {reason}")
 
 
-def is_image_file(path: str | Path) -> bool:
-    """Whether a path has an image extension we decode (case-insensitive, hidden files excluded)."""
+def is_hidden(path: str | Path, root: str | Path | None = None) -> bool:
+    """Whether any component of ``path`` below ``root`` (or its name alone) starts with ``.``.
+
+    Hidden files and folders (``.ipynb_checkpoints/``, ``.DS_Store``, ``._x.jpg``, our own
+    ``.lit_vision_cache/``) are never data: ``split``, ``check``, the DataModule and ``predict``
+    all leave them out, and ``check``/``split`` list the images they leave out that way.
+    """
     p = Path(path)
-    return not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
+    parts = p.relative_to(root).parts if root is not None else (p.name,)
+    return any(q.startswith(".") for q in parts)
+
+
+def is_image_file(path: str | Path, root: str | Path | None = None) -> bool:
+    """The one rule for what counts as an image file, shared by every command.
+
+    An image extension (case-insensitive) and nothing hidden: neither the file nor, when
+    ``root`` is given, any folder between ``root`` and the file starts with ``.``.
+
+    Args:
+        path: The file.
+        root: The folder the file was found under (a split or class folder); ``None``
+            checks the file name only.
+    """
+    return not is_hidden(path, root) and Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
