@@ -11,7 +11,7 @@ from conftest import make_split_tree, write_images
 from PIL import Image
 
 from lit_vision.check import scan_dataset
-from lit_vision.cli import main
+from lit_vision.cli import main, run_command
 from lit_vision.data import DataError, ImageFolderDataModule
 
 
@@ -137,7 +137,7 @@ def test_check_command(tmp_path: Path, split_tree: Path, capsys: pytest.CaptureF
 def test_fit_stops_before_first_epoch(tmp_path: Path) -> None:
     messy_tree(tmp_path / "d")
     with pytest.raises(DataError, match="unreadable"):
-        main(["fit", "--config", "configs/gtsrb_cnn.yaml", "--data.root", str(tmp_path / "d"),
+        run_command(["fit", "--config", "configs/gtsrb_cnn.yaml", "--data.root", str(tmp_path / "d"),
               "--trainer.fast_dev_run", "true", "--data.num_workers", "0",
               "--trainer.logger.init_args.save_dir", str(tmp_path / "tb")])
     assert not (tmp_path / "tb").exists() or not list((tmp_path / "tb").rglob("*.ckpt"))

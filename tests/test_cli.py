@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, make_split_tree
 
-from lit_vision.cli import main
+from lit_vision.cli import main, run_command
 
 CONFIGS = sorted(p for p in (REPO / "configs").glob("*.yaml") if "data:" in p.read_text())
 
@@ -26,7 +26,7 @@ def _fit_args(config: Path, tmp_path: Path, root: Path | None) -> list[str]:
 def test_every_config_fits(config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # digits materialise under ./data, logs under tmp_path
     root = None if "digits" in config.stem else make_split_tree(tmp_path / "data", classes=3, size=24)
-    cli = main(_fit_args(config, tmp_path, root))
+    cli = run_command(_fit_args(config, tmp_path, root))
     assert cli.trainer.state.finished
     assert cli.model.num_classes == (10 if root is None else 3)
     assert cli.model.class_names == cli.datamodule.classes
@@ -35,7 +35,7 @@ def test_every_config_fits(config: Path, tmp_path: Path, monkeypatch: pytest.Mon
 
 def test_logs_config_hparams_and_checkpoints(tmp_path: Path) -> None:
     root = make_split_tree(tmp_path / "data", classes=2, size=16)
-    cli = main(["fit", "--config", str(REPO / "configs/gtsrb_cnn.yaml"), "--data.root", str(root),
+    cli = run_command(["fit", "--config", str(REPO / "configs/gtsrb_cnn.yaml"), "--data.root", str(root),
                 "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "2",
                 "--data.num_workers", "0", "--trainer.logger.init_args.save_dir", str(tmp_path / "tb")])
     run = tmp_path / "tb" / "gtsrb_cnn" / "version_0"
@@ -52,9 +52,9 @@ def test_validate_and_test_subcommands(tmp_path: Path) -> None:
     root = make_split_tree(tmp_path / "data", classes=2, size=16)
     common = ["--config", str(REPO / "configs/gtsrb_cnn.yaml"), "--data.root", str(root),
               "--data.num_workers", "0", "--trainer.logger.init_args.save_dir", str(tmp_path / "tb")]
-    cli = main(["test", *common])
+    cli = run_command(["test", *common])
     assert "test/acc" in cli.trainer.callback_metrics
-    cli = main(["validate", *common])
+    cli = run_command(["validate", *common])
     assert "val/acc" in cli.trainer.callback_metrics
 
 
@@ -82,3 +82,35 @@ def test_split_subcommand(tmp_path: Path) -> None:
     raw = make_raw_tree(tmp_path / "raw", classes=2, per_class=5)
     assert main(["split", "--src", str(raw), "--dst", str(tmp_path / "out"), "--val", "0.2"]) == 0
     assert len(list((tmp_path / "out" / "val").rglob("*.png"))) == 2
+
+
+def test_console_script_exits_zero_on_success(tmp_path: Path) -> None:
+    """``lit-vision fit`` (pip's wrapper does ``sys.exit(main())``) exits 0, and without a logger."""
+    script = Path(sys.executable).with_name("lit-vision")
+    if not script.is_file():
+        pytest.skip("the lit-vision console script is not installed in this environment")
+    root = make_split_tree(tmp_path / "data", classes=2, size=16)
+    out = subprocess.run(
+        [str(script), "fit", "--config", "configs/gtsrb_cnn.yaml", "--data.root", str(root),
+         "--trainer.fast_dev_run", "true", "--trainer.logger", "false", "--data.num_workers", "0",
+         "--trainer.default_root_dir", str(tmp_path)],
+        capture_output=True, text=True, cwd=REPO, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr and "LitVisionCLI object" not in out.stderr
+
+
+def test_option_errors_name_the_real_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Extra subcommands: a bad value is one line with exit 2; the hyphen spelling is an alias."""
+    from conftest import make_raw_tree
+
+    raw = make_raw_tree(tmp_path / "raw", classes=2, per_class=4)
+    assert main(["split", "--src", str(raw), "--dst", str(tmp_path / "a"), "--val", "0.5",
+                 "--group-regex", "^(img)"]) == 0
+    capsys.readouterr()
+    assert main(["split", "--src", str(raw), "--dst", str(tmp_path / "b"), "--val", "lots"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "val" in err
+    assert main(["split", "--src", str(raw), "--dst", str(tmp_path / "c"), "--group_regex", "(unclosed"]) == 2
+    err = capsys.readouterr().err
+    assert "--group_regex" in err and "--group-regex" not in err

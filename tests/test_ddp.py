@@ -14,7 +14,7 @@ import torch
 import yaml
 from conftest import REPO, make_split_tree
 
-from lit_vision.cli import auto_precision, main
+from lit_vision.cli import auto_precision, main, run_command
 from lit_vision.data import EpochSampler, ImageFolderDataModule
 from lit_vision.digits import materialize_digits
 from lit_vision.distributed import lr_scale_factor
@@ -69,7 +69,7 @@ def test_ddp_two_cpu_processes_match_single_process(tmp_path: Path, monkeypatch:
     # The same weights evaluated in this one process give the same accuracy and loss
     # (the loss also checks that every rank evaluated rank 0's BatchNorm statistics).
     monkeypatch.chdir(tmp_path)
-    cli = main(["validate", "--config", GTSRB, "--data.root", str(root), "--trainer.logger", "false",
+    cli = run_command(["validate", "--config", GTSRB, "--data.root", str(root), "--trainer.logger", "false",
                 "--trainer.accelerator", "cpu", "--trainer.devices", "1",
                 "--ckpt_path", str(run / "checkpoints" / "last.ckpt"), *TINY])
     single = cli.trainer.callback_metrics
@@ -137,9 +137,8 @@ def test_auto_precision(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_overlays_stack_without_clobbering(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit):
-        main(["fit", "--config", GTSRB, "--config", str(REPO / "configs" / "ddp.yaml"),
-              "--config", str(REPO / "configs" / "multinode.yaml"), "--data.root", "x", "--print_config"])
+    assert main(["fit", "--config", GTSRB, "--config", str(REPO / "configs" / "ddp.yaml"),
+                 "--config", str(REPO / "configs" / "multinode.yaml"), "--data.root", "x", "--print_config"]) == 0
     config = yaml.safe_load(capsys.readouterr().out)
     assert config["trainer"]["strategy"] == "ddp" and config["trainer"]["num_nodes"] == 2
     assert config["trainer"]["logger"]["init_args"]["name"] == "gtsrb_cnn"

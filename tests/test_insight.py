@@ -11,7 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from lit_vision import CNNClassifier, ImageFolderDataModule
-from lit_vision.cli import main
+from lit_vision.cli import main, run_command
 from lit_vision.insight import InsightCallback
 from lit_vision.lr_find import lr_find_main
 
@@ -34,7 +34,7 @@ def fitted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 
     tmp = tmp_path_factory.mktemp("insight")
     tree = make_split_tree(tmp / "data", size=16)
-    cli = main(["fit", "--config", CONFIG, "--data.root", str(tree), "--data.image_size", "16",
+    cli = run_command(["fit", "--config", CONFIG, "--data.root", str(tree), "--data.image_size", "16",
                 "--trainer.max_epochs", "2", "--trainer.logger.init_args.save_dir", str(tmp / "tb"),
                 "--insight.worst_k", "4", *QUIET])
     cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best", verbose=False)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lit_vision import cli
-from lit_vision.cli import auto_precision, main
+from lit_vision.cli import auto_precision, main, run_command
 from lit_vision.transforms import BatchAugment
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,7 +31,7 @@ def test_fit_with_batch_and_sample_augmentation(
     calls: list[torch.Tensor] = []
     original = BatchAugment.__call__
     monkeypatch.setattr(BatchAugment, "__call__", lambda self, x: calls.append(x) or original(self, x))
-    run = main([
+    run = run_command([
         "fit", "--config", str(REPO / "configs" / "gtsrb_cnn.yaml"), "--data.root", str(split_tree),
         "--data.augment", augment, "--data.num_workers", "0", "--data.batch_size", "4",
         "--data.image_size", "16", "--trainer.fast_dev_run", "true", "--cpu_bf16", "true",

@@ -12,7 +12,7 @@ import torch
 from conftest import make_split_tree, write_images
 from PIL import Image
 
-from lit_vision.cli import main
+from lit_vision.cli import main, run_command
 from lit_vision.models import CHECKPOINT_KEY
 from lit_vision.predict import CheckpointError, load_classifier, run_predict
 
@@ -134,7 +134,7 @@ def test_predict_lists_every_file_and_flags_unreadable(
 
 def test_predict_accuracy_matches_test(trained: tuple[Path, Path], tmp_path: Path) -> None:
     tree, ckpt = trained
-    cli = main(
+    cli = run_command(
         [
             "test",
             "--config",
@@ -195,12 +195,17 @@ def test_checkpoint_is_self_contained(tmp_path: Path) -> None:
     assert len(result.rows) == 6 and result.n_unreadable == 0 and result.accuracy is not None
 
 
-def test_predict_user_errors(trained: tuple[Path, Path], tmp_path: Path) -> None:
+def test_predict_user_errors(trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _, ckpt = trained
     with pytest.raises(CheckpointError, match="not found"):
-        main(["predict", "--ckpt", str(tmp_path / "nope.ckpt"), "--input", str(tmp_path)])
+        run_command(["predict", "--ckpt", str(tmp_path / "nope.ckpt"), "--input", str(tmp_path)])
     (tmp_path / "junk.ckpt").write_text("junk")
     with pytest.raises(CheckpointError, match="junk.ckpt"):
-        main(["predict", "--ckpt", str(tmp_path / "junk.ckpt"), "--input", str(tmp_path)])
+        run_command(["predict", "--ckpt", str(tmp_path / "junk.ckpt"), "--input", str(tmp_path)])
     with pytest.raises(FileNotFoundError, match="missing_dir"):
-        main(["predict", "--ckpt", str(ckpt), "--input", str(tmp_path / "missing_dir")])
+        run_command(["predict", "--ckpt", str(ckpt), "--input", str(tmp_path / "missing_dir")])
+    # The shell's entry point: one error line and exit code 2 for each.
+    capsys.readouterr()
+    assert main(["predict", "--ckpt", str(tmp_path / "junk.ckpt"), "--input", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "junk.ckpt" in err and err.count("\n") == 1

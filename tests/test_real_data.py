@@ -6,7 +6,7 @@ from pathlib import Path
 
 from conftest import REPO
 
-from lit_vision.cli import main
+from lit_vision.cli import main, run_command
 
 
 def test_split_and_fit_on_real_crack_images(shared_data: Path, tmp_path: Path) -> None:
@@ -16,7 +16,7 @@ def test_split_and_fit_on_real_crack_images(shared_data: Path, tmp_path: Path) -
     counts = main(["split", "--src", str(raw), "--dst", str(root), "--val", "0.2", "--test", "0.1"])
     assert counts == 0
     assert sum(1 for p in root.rglob("*.jpg")) == n_images
-    cli = main(["fit", "--config", str(REPO / "configs/crack_cnn.yaml"), "--data.root", str(root),
+    cli = run_command(["fit", "--config", str(REPO / "configs/crack_cnn.yaml"), "--data.root", str(root),
                 "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "4",
                 "--data.num_workers", "0", "--trainer.logger.init_args.save_dir", str(tmp_path / "tb")])
     assert cli.datamodule.classes == ["Negative", "Positive"]

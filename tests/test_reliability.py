@@ -171,18 +171,18 @@ def test_config_mistakes_from_the_shell_give_one_line(args: list[str], expected:
     ],
     ids=["type", "trainer-typo", "choice", "model-typo"],
 )
-def test_config_mistakes_one_line(args: list[str], expected: str) -> None:
-    with pytest.raises(SystemExit) as info:
-        main(["fit", "--config", "configs/gtsrb_cnn.yaml", "--data.root", str(REPO), *args])
-    message = str(info.value.code)
-    assert message.startswith(expected) and "\n" not in message
+def test_config_mistakes_one_line(args: list[str], expected: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["fit", "--config", "configs/gtsrb_cnn.yaml", "--data.root", str(REPO), *args]) == 2
+    message = capsys.readouterr().err
+    assert message.startswith(expected) and message.count("\n") == 1
 
 
-def test_config_file_typo(tmp_path: Path) -> None:
+def test_config_file_typo(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "typo.yaml").write_text("trainer:\n  max_epocs: 3\n")
-    with pytest.raises(SystemExit, match="error: Subcommand 'fit' does not accept option 'trainer.max_epocs'"):
-        main(["fit", "--config", "configs/gtsrb_cnn.yaml", "--config", str(tmp_path / "typo.yaml"),
-              "--data.root", str(tmp_path)])
+    assert main(["fit", "--config", "configs/gtsrb_cnn.yaml", "--config", str(tmp_path / "typo.yaml"),
+                 "--data.root", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith(
+        "error: Subcommand 'fit' does not accept option 'trainer.max_epocs'")
 
 
 # --- split integrity -------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from lit_vision import ImageFolderDataModule, TransferClassifier
-from lit_vision.cli import main
+from lit_vision.cli import main, run_command
 from lit_vision.networks import TransferNet
 from lit_vision.weights import (
     PACKAGE_WEIGHTS,
@@ -231,7 +231,7 @@ def test_data_config_from_backbone():
 
 @pytest.mark.parametrize("name", ["catsdogs_transfer", "gtsrb_transfer", "crack_transfer"])
 def test_transfer_configs_fast_dev_run(name, split_tree, tmp_path):
-    cli = main([
+    cli = run_command([
         "fit", "--config", str(REPO / "configs" / f"{name}.yaml"),
         "--data.root", str(split_tree), "--data.image_size", "32", "--data.num_workers", "0",
         "--model.init_args.freeze_epochs", "0",  # fast_dev_run is one epoch: exercise the unfrozen path

@@ -1,5 +1,5 @@
-"""``python -m lit_vision``: the command line."""
+"""``python -m lit_vision``: the command line; its exit code is the command's."""
 
 from lit_vision.cli import main
 
-main()
+raise SystemExit(main())

@@ -16,11 +16,11 @@ from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 
 from lit_vision.check import scan_dataset
+from lit_vision.checkpoints import CheckpointError, read_checkpoint, sanitize_for_cli
 from lit_vision.data import DataError
 from lit_vision.distributed import RunSummary, ScaleLR
 from lit_vision.images import ImageDecodeError
 from lit_vision.insight import InsightCallback, track_setup_time
-from lit_vision.predict import CheckpointError
 from lit_vision.resume import (
     AtomicCheckpointIO,
     FaultTolerance,
@@ -30,7 +30,12 @@ from lit_vision.resume import (
 from lit_vision.split import SplitError, split_dataset
 from lit_vision.weights import WeightsError
 
+class ConfigError(ValueError):
+    """A command line or config file jsonargparse cannot parse; the message names the key."""
+
+
 USER_ERRORS = (
+    ConfigError,
     DataError, SplitError, ImageDecodeError, FileNotFoundError, CheckpointError, WeightsError, NonFiniteLossError
 )
 
@@ -102,12 +107,40 @@ class LitVisionCLI(LightningCLI):
             "(AVX-512 BF16/AMX): ~1.8x faster for the CNNs, accuracy within noise on GTSRB.",
         )
 
+    def _parse_ckpt_path(self) -> None:
+        """Merge a ``--ckpt_path`` checkpoint's model hyperparameters, treating the file as data.
+
+        LightningCLI's own version loads the file and merges every hyperparameter, class paths
+        included, into the config that jsonargparse then instantiates: a shared checkpoint could
+        name ``os.system``. Here the file is read by :func:`read_checkpoint` (no unpickling,
+        class paths allow-listed, one ``error:`` line otherwise) and the optimizer/scheduler
+        stay those of the config, which is the trusted code.
+        """
+        subcommand = self.config.get("subcommand")
+        if not subcommand:
+            return
+        config = self.config[subcommand]
+        resolve_ckpt_last(config, subcommand)
+        ckpt_path = config.get("ckpt_path")
+        if not ckpt_path or ckpt_path in ("best", "last", "hpc", "registry") or str(ckpt_path).startswith("registry:"):
+            return
+        if not Path(ckpt_path).is_file():
+            raise CheckpointError(f"--ckpt_path {ckpt_path}: no such file")
+        hparams = sanitize_for_cli(dict(read_checkpoint(ckpt_path).get("hyper_parameters") or {}), ckpt_path)
+        if not hparams:
+            return
+        if "_class_path" in hparams:
+            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         data_args = config.get("data") and config.data.get("init_args")
         if data_args is not None and str(data_args.get("root")) == "???":
             raise DataError("data.root is not set: pass --data.root ROOT (the folder with train/ and val/)")
         resolve_ckpt_last(config, self.subcommand)
+        if "weights_only" in config:
+            config.weights_only = True  # the trainer reloads --ckpt_path: plain data only
         if config.trainer.precision is None:
             config.trainer.precision = auto_precision(
                 config.trainer.accelerator, config.trainer.strategy, config.get("cpu_bf16", False)
@@ -130,6 +163,9 @@ class LitVisionCLI(LightningCLI):
         plugins = list(plugins) if isinstance(plugins, list | tuple) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             config["plugins"] = [*plugins, AtomicCheckpointIO()]
+        if config.get("logger") in (False, None, []):
+            # LearningRateMonitor refuses to run without a logger: nothing to log the LR to.
+            callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
         return super()._instantiate_trainer(config, callbacks)
 
 
@@ -176,7 +212,7 @@ lit_vision subcommands besides LightningCLI's fit/validate/test:
 
 def split_command(args: list[str]) -> int:
     """``lit-vision split``: parse arguments and split raw class folders."""
-    parser = ArgumentParser(prog="lit-vision split", description=split_dataset.__doc__.split("\n")[0])
+    parser = ArgumentParser(exit_on_error=False, prog="lit-vision split", description=split_dataset.__doc__.split("\n")[0])
     parser.add_function_arguments(split_dataset, skip={"quiet"})
     cfg = parser.parse_args(args)
     split_dataset(**vars(cfg) if isinstance(cfg, dict) else cfg.as_dict())
@@ -192,6 +228,7 @@ def predict_command(args: list[str]) -> int:
     from lit_vision.predict import run_predict
 
     parser = ArgumentParser(
+        exit_on_error=False,
         prog="lit-vision predict",
         description="Predict every file under folders (any depth) or given files with a checkpoint; "
         "write one CSV row per file (unreadable files flagged with the reason). Files under "
@@ -217,7 +254,7 @@ def export_command(args: list[str]) -> int:
     """``lit-vision export``: ONNX/TorchScript files and the preprocessing contract."""
     from lit_vision.export import run_export
 
-    parser = ArgumentParser(prog="lit-vision export", description=run_export.__doc__.split("\n")[0])
+    parser = ArgumentParser(exit_on_error=False, prog="lit-vision export", description=run_export.__doc__.split("\n")[0])
     parser.add_function_arguments(run_export, skip={"quiet"})
     cfg = parser.parse_args(args)
     report = run_export(**(vars(cfg) if isinstance(cfg, dict) else cfg.as_dict()))
@@ -241,7 +278,7 @@ def compare_command(args: list[str]) -> int:
 
 def check_command(args: list[str]) -> int:
     """``lit-vision check``: scan a split folder; exit 1 when it has errors."""
-    parser = ArgumentParser(prog="lit-vision check", description=scan_dataset.__doc__.split("\n")[0])
+    parser = ArgumentParser(exit_on_error=False, prog="lit-vision check", description=scan_dataset.__doc__.split("\n")[0])
     parser.add_argument("--data.root", required=True, help="The split folder (train/ val/ [test/]).")
     parser.add_argument("--decode", choices=["full", "verify", "none"], default="full",
                         help="full: decode every pixel (finds truncated files); verify: headers only.")
@@ -285,32 +322,87 @@ def build_cli(args: ArgsType, **kwargs) -> LitVisionCLI:
     )
 
 
-def main(args: ArgsType = None) -> LightningCLI | int | None:
-    """Run the command line; ``args`` (a list) lets tests call it in-process."""
+def normalize_option_spelling(argv: list[str]) -> list[str]:
+    """Accept ``--group-regex`` for ``--group_regex`` in lit_vision's own subcommands.
+
+    Options are spelled with underscores, as in LightningCLI; the hyphen spelling many tools
+    use is an alias. Only the option name changes (``--a-b=x-y`` -> ``--a_b=x-y``).
+    """
+    out = []
+    for arg in argv:
+        if arg.startswith("--") and len(arg) > 2:
+            name, eq, value = arg[2:].partition("=")
+            arg = "--" + name.replace("-", "_") + eq + value
+        out.append(arg)
+    return out
+
+
+def run_command(args: list[str] | None = None) -> LitVisionCLI | int:
+    """Run one command in-process and return what it made; errors propagate as exceptions.
+
+    The API for tests and ``compare`` (which read the trainer and model of a ``fit``);
+    :func:`main` is the shell's entry point around it.
+
+    Args:
+        args: The command line without the program name, e.g. ``["fit", "--config", F]``;
+            ``None`` reads ``sys.argv``.
+
+    Returns:
+        The exit code of an extra subcommand, or the ``LitVisionCLI`` of fit/validate/test.
+
+    Raises:
+        ConfigError: The command line or a config file does not parse (one line, naming the key).
+    """
     argv = list(sys.argv[1:] if args is None else args)
     try:
         if argv and argv[0] in EXTRA_COMMANDS:
-            return EXTRA_COMMANDS[argv[0]](argv[1:])
+            return EXTRA_COMMANDS[argv[0]](normalize_option_spelling(argv[1:]))
         if not argv or argv[0] in ("-h", "--help"):
             print(HELP_EXTRA)
         return build_cli(
-            None if args is None else argv,
+            None if args is None else argv,  # None: LightningCLI reads sys.argv itself
             save_config_kwargs={"overwrite": True},
             # Parse errors raise instead of printing the whole usage, so the shell gets one line.
             parser_kwargs={"exit_on_error": False},
         )
     except ArgumentError as err:  # a parse error (exit_on_error=False): one line naming the key
-        message = f"error: {config_error_line(str(err))}"
-        if args is not None:
-            raise SystemExit(message) from None
-        print(message, file=sys.stderr)
-        raise SystemExit(2) from None
+        raise ConfigError(config_error_line(str(err))) from None
+
+
+def main(args: ArgsType = None) -> int:
+    """The command line's entry point: run a command and return its exit code.
+
+    0: success; 1: a check found problems (``check``, ``export``'s parity, ``compare``);
+    2: a user error (bad option or config, missing or refused file, unreadable data), printed
+    as one ``error:`` line on stderr. Anything else is a bug and keeps its traceback.
+
+    Args:
+        args: The command line without the program name; ``None`` reads ``sys.argv``.
+    """
+    try:
+        result = run_command(None if args is None else list(args))
+    except SystemExit as exit_:  # --help, --print_config, and argparse errors of subcommands
+        code = exit_.code
+        if code is None or isinstance(code, int):
+            return code or 0
+        print(code, file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
     except Exception as err:
         user_error = _find_user_error(err)
-        if user_error is None or args is not None:
+        if user_error is None:
             raise
-        print(f"error: {user_error}", file=sys.stderr)
-        raise SystemExit(2) from None
+        print(f"error: {_one_line(user_error)}", file=sys.stderr)
+        return 2
+    return result if isinstance(result, int) else 0
+
+
+def _one_line(err: BaseException) -> str:
+    """An exception's message on one line (the first line of a multi-line one)."""
+    text = str(err).strip() or type(err).__name__
+    return text.splitlines()[0]
 
 
 def _find_user_error(err: BaseException | None) -> BaseException | None:

@@ -141,7 +141,7 @@ def measure_latency(model: torch.nn.Module, image_size: int, runs: int = 30, dev
 
 def run_experiment(exp: Experiment, root: str, out: Path, common: list[str], latency_runs: int) -> Result:
     """Fit one experiment in-process, evaluate its best checkpoint, measure latency."""
-    from lit_vision.cli import main
+    from lit_vision.cli import run_command
     from lit_vision.insight import InsightCallback
 
     res = Result(exp.name, exp.config, exp.overrides)
@@ -149,7 +149,7 @@ def run_experiment(exp: Experiment, root: str, out: Path, common: list[str], lat
             f"--trainer.logger.init_args.save_dir={out / 'tb'}", f"--trainer.logger.init_args.name={exp.name}",
             *common]
     print(f"compare: {exp.name}: lit-vision {shlex.join(args)}", flush=True)
-    cli = main(args)
+    cli = run_command(args)
     trainer, model, dm = cli.trainer, cli.model, cli.datamodule
     ck = trainer.checkpoint_callback
     best = getattr(ck, "best_model_path", "") or None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib
 import math
 import os
 import sys
@@ -18,6 +17,7 @@ import albumentations as A
 import numpy as np
 import torch
 
+from lit_vision.checkpoints import CheckpointError, model_class, model_kwargs, read_checkpoint
 from lit_vision.images import ImageDecodeError, is_image_file, load_image
 from lit_vision.models import CHECKPOINT_KEY, ImageClassifier
 from lit_vision.transforms import apply, eval_transforms
@@ -28,10 +28,6 @@ TTA = Literal["none", "hflip", "auto"]
 # Constructor arguments that would load pretrained weights (TransferClassifier's), turned off
 # when rebuilding from a checkpoint whose state dict holds the trained weights anyway.
 NO_PRETRAINED: dict[str, Any] = {"pretrained": False, "weights": None, "weights_path": None}
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used for inference; the message names the file."""
 
 
 @dataclass
@@ -57,54 +53,15 @@ class InferenceSpec:
     train_flips: dict[str, bool] = field(default_factory=dict)
 
 
-def _import_class(path: str) -> type:
-    module, _, name = path.rpartition(".")
-    try:
-        obj: Any = importlib.import_module(module)
-    except ImportError:
-        # A nested qualname (module.Outer.Inner): import the longest importable prefix.
-        parts = path.split(".")
-        for i in range(len(parts) - 1, 0, -1):
-            try:
-                obj = importlib.import_module(".".join(parts[:i]))
-            except ImportError:
-                continue
-            for attr in parts[i:]:
-                obj = getattr(obj, attr)
-            return obj
-        raise
-    return getattr(obj, name)
-
-
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a Lightning checkpoint dict on the CPU.
-
-    Raises:
-        CheckpointError: The file is missing or not a checkpoint.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} not found")
-    try:
-        # Our checkpoints hold only tensors, containers and plain values, but hparams of
-        # user subclasses may hold arbitrary objects; they are the user's own files.
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
-        raise CheckpointError(f"cannot read checkpoint {path}: {err}") from None
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise CheckpointError(f"{path} is not a Lightning checkpoint (no state_dict)")
-    return ckpt
-
-
 def load_classifier(
     path: str | Path, *, image_size: int | None = None, device: str | torch.device = "cpu"
 ) -> tuple[ImageClassifier, InferenceSpec]:
     """Rebuild a trained classifier and its preprocessing from the checkpoint alone.
 
-    The class comes from ``checkpoint["lit_vision"]["model_class"]`` (written by
-    ``ImageClassifier.on_save_checkpoint``) or, for older checkpoints, from the
-    ``_class_path`` LightningCLI stores in the hyperparameters; any ``ImageClassifier``
-    subclass that calls ``save_hyperparameters`` loads this way.
+    The checkpoint is untrusted data (``lit_vision.checkpoints``): it is loaded without
+    unpickling, its class paths must be on the allow-list, and the model is rebuilt by calling
+    the allow-listed class (``checkpoint["lit_vision"]["model_class"]``, or the ``_class_path``
+    LightningCLI stores) with the saved plain hyperparameters, then loading the state dict.
 
     Args:
         path: Checkpoint file (``.ckpt``).
@@ -115,27 +72,25 @@ def load_classifier(
         The model in eval mode and its ``InferenceSpec``.
 
     Raises:
-        CheckpointError: Missing file, unknown class, or no recorded input size.
+        CheckpointError: Missing or unreadable file, a refused class path, weights that do
+            not fit the model, or no recorded input size.
     """
     ckpt = read_checkpoint(path)
     meta = ckpt.get(CHECKPOINT_KEY) or {}
     hparams = ckpt.get("hyper_parameters") or {}
-    class_path = meta.get("model_class") or hparams.get("_class_path")
-    if not class_path:
-        raise CheckpointError(f"{path} records no model class (not saved by a lit_vision model?)")
-    try:
-        cls = _import_class(class_path)
-    except (ImportError, AttributeError) as err:
-        raise CheckpointError(f"{path}: cannot import model class {class_path}: {err}") from None
-    if not (isinstance(cls, type) and issubclass(cls, ImageClassifier)):
-        raise CheckpointError(f"{path}: {class_path} is not an ImageClassifier")
+    cls = model_class(ckpt, path, ImageClassifier)
+    class_path = f"{cls.__module__}.{cls.__qualname__}"
     if not hparams:
         raise CheckpointError(
             f"{path}: no hyperparameters saved (call save_hyperparameters in {cls.__name__})"
         )
     # The state dict overwrites every weight: skip fetching pretrained ones while rebuilding.
-    overrides = {k: v for k, v in NO_PRETRAINED.items() if k in hparams}
-    model = cls.load_from_checkpoint(path, map_location="cpu", weights_only=False, **overrides)
+    try:
+        model = cls(**model_kwargs(cls, hparams, **NO_PRETRAINED))
+        model.load_state_dict(ckpt["state_dict"], strict=True)
+    except (TypeError, ValueError, RuntimeError, KeyError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"checkpoint {path} does not rebuild a {cls.__name__}: {reason}") from None
     if meta.get("mean") and meta.get("std"):
         # mean/std buffers are not in the state dict; the recorded values are the contract.
         model.mean.copy_(torch.tensor(meta["mean"]).view_as(model.mean))
