@@ -18,8 +18,10 @@ from lightning.pytorch.utilities import rank_zero_info
 from lit_vision.check import scan_dataset
 from lit_vision.checkpoints import CheckpointError, read_checkpoint, sanitize_for_cli
 from lit_vision.data import DataError
+from lit_vision.export import ExportError
 from lit_vision.distributed import RunSummary, ScaleLR
 from lit_vision.images import ImageDecodeError
+from lit_vision.predict import OutputExistsError
 from lit_vision.insight import InsightCallback, track_setup_time
 from lit_vision.resume import (
     AtomicCheckpointIO,
@@ -36,6 +38,8 @@ class ConfigError(ValueError):
 
 USER_ERRORS = (
     ConfigError,
+    ExportError,
+    OutputExistsError,
     DataError, SplitError, ImageDecodeError, FileNotFoundError, CheckpointError, WeightsError, NonFiniteLossError
 )
 
@@ -236,7 +240,9 @@ def predict_command(args: list[str]) -> int:
     )
     parser.add_argument("--ckpt", required=True, help="checkpoint (.ckpt) written by fit")
     parser.add_argument("--input", required=True, nargs="+", help="folders and/or image files")
-    parser.add_argument("--output", default="predictions.csv", help="CSV to write")
+    parser.add_argument("--output", default="predictions.csv", help="CSV to write (never a folder)")
+    parser.add_argument("--overwrite", type=bool, default=False,
+                        help="replace an existing --output (refused otherwise, before predicting)")
     parser.add_argument("--topk", type=int, default=3, help="top classes per row")
     parser.add_argument("--tta", default="none", choices=["none", "hflip", "auto"],
                         help="hflip: average with the mirror image; auto: hflip if trained with hflip")
@@ -246,7 +252,7 @@ def predict_command(args: list[str]) -> int:
                         help="input side, only for checkpoints that do not record one")
     cfg = parser.parse_args(args)
     run_predict(cfg.ckpt, cfg.input, cfg.output, topk=cfg.topk, tta=cfg.tta, batch_size=cfg.batch_size,
-                device=cfg.device, image_size=cfg.image_size)
+                device=cfg.device, image_size=cfg.image_size, overwrite=cfg.overwrite)
     return 0
 
 

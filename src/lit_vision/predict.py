@@ -6,6 +6,7 @@ import csv
 import math
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -28,6 +29,10 @@ TTA = Literal["none", "hflip", "auto"]
 # Constructor arguments that would load pretrained weights (TransferClassifier's), turned off
 # when rebuilding from a checkpoint whose state dict holds the trained weights anyway.
 NO_PRETRAINED: dict[str, Any] = {"pretrained": False, "weights": None, "weights_path": None}
+
+
+class OutputExistsError(ValueError):
+    """The output path is taken (an existing file without ``overwrite``, or a folder)."""
 
 
 @dataclass
@@ -282,14 +287,60 @@ def predict_files(
     return PredictResult(rows, list(spec.class_names), tta)
 
 
-def write_csv(result: PredictResult, output: str | Path, topk: int = 3) -> Path:
+def check_output(output: str | Path, overwrite: bool = False) -> Path:
+    """Refuse an output path that is a folder, sits under a file, or exists (unless ``overwrite``).
+
+    Called before any work so a wrong ``--output`` fails in a second, not after predicting.
+
+    Raises:
+        OutputExistsError: One line naming the path (and ``--overwrite true`` when it applies).
+    """
+    output = Path(output)
+    if output.is_dir():
+        raise OutputExistsError(f"--output {output} is a folder; give the CSV file to write")
+    for parent in output.parents:
+        if parent.is_symlink() or parent.exists():
+            if not parent.is_dir():
+                raise OutputExistsError(f"--output {output}: {parent} is a file, not a folder")
+            break
+    # lexists: a dangling symlink is taken too (writing through it would create its target).
+    if os.path.lexists(output) and not overwrite:
+        raise OutputExistsError(
+            f"--output {output} already exists; pass --overwrite true to replace it"
+        )
+    return output
+
+
+def _new_file_mode() -> int:
+    """The mode ``open`` would give a new file (mkstemp's files are 0600 whatever the umask)."""
+    # Reading the umask means setting it; briefly, and only after the decode threads are done.
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def write_csv(
+    result: PredictResult, output: str | Path, topk: int = 3, *, overwrite: bool = False
+) -> Path:
     """Write one row per input file.
 
     Columns: ``path, status`` (``ok``/``error``), ``pred, prob`` (top class and its
     probability), ``true, correct`` (empty outside labelled folders), ``top1, top1_prob ...
     topK, topK_prob`` and ``error`` (why an unreadable file could not be read).
+
+    The rows go to a uniquely named hidden file in the same folder, renamed onto ``output``
+    only when complete: a reader never sees half a CSV and no user file is clobbered.
+
+    Args:
+        result: The predictions.
+        output: CSV path.
+        topk: Number of top classes per row.
+        overwrite: Replace an existing ``output``; without it an existing file is an error.
+
+    Raises:
+        OutputExistsError: ``output`` is a folder, or exists and ``overwrite`` is false.
     """
-    output = Path(output)
+    output = check_output(output, overwrite)
     output.parent.mkdir(parents=True, exist_ok=True)
     k = max(1, min(topk, len(result.class_names)))
     names = result.class_names
@@ -297,26 +348,52 @@ def write_csv(result: PredictResult, output: str | Path, topk: int = 3) -> Path:
     for i in range(1, k + 1):
         header += [f"top{i}", f"top{i}_prob"]
     header.append("error")
-    tmp = output.with_name(output.name + ".tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(header)
-        for r in result.rows:
-            true = r.label or ""
-            if r.probs is None:
-                writer.writerow([r.path, "error", "", "", true, ""] + ["", ""] * k + [r.error])
-                continue
-            order = np.argsort(-r.probs, kind="stable")[:k]
-            pred = names[order[0]]
-            correct = "" if r.label is None else int(pred == r.label)
-            tops: list[Any] = []
-            for j in order:
-                tops += [names[j], f"{r.probs[j]:.6f}"]
-            writer.writerow(
-                [r.path, "ok", pred, f"{r.probs[order[0]]:.6f}", true, correct] + tops + [""]
-            )
-    tmp.replace(output)
+    fd, tmp_name = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(header)
+            for r in result.rows:
+                true = r.label or ""
+                if r.probs is None:
+                    writer.writerow([r.path, "error", "", "", true, ""] + ["", ""] * k + [r.error])
+                    continue
+                order = np.argsort(-r.probs, kind="stable")[:k]
+                pred = names[order[0]]
+                correct = "" if r.label is None else int(pred == r.label)
+                tops: list[Any] = []
+                for j in order:
+                    tops += [names[j], f"{r.probs[j]:.6f}"]
+                writer.writerow(
+                    [r.path, "ok", pred, f"{r.probs[order[0]]:.6f}", true, correct] + tops + [""]
+                )
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, _new_file_mode())
+        if overwrite:
+            os.replace(tmp, output)
+        else:
+            _link_new(tmp, output)
+    finally:
+        # Gone after a successful rename; after any failure this removes the partial file.
+        tmp.unlink(missing_ok=True)
     return output
+
+
+def _link_new(tmp: Path, output: Path) -> None:
+    """Put ``tmp`` at ``output`` only if nothing appeared there meanwhile (no overwrite)."""
+    try:
+        # link() fails when the target exists: no window between the check and the rename.
+        os.link(tmp, output)
+    except FileExistsError:
+        raise OutputExistsError(
+            f"--output {output} appeared while predicting; pass --overwrite true to replace it"
+        ) from None
+    except OSError:
+        # Filesystems without hard links: re-check, then rename (a tiny race remains).
+        check_output(output, overwrite=False)
+        os.replace(tmp, output)
 
 
 def run_predict(
@@ -329,6 +406,7 @@ def run_predict(
     batch_size: int = 64,
     device: str = "auto",
     image_size: int | None = None,
+    overwrite: bool = False,
     quiet: bool = False,
 ) -> PredictResult:
     """Predict every file under ``inputs`` with the checkpoint and write the CSV.
@@ -343,11 +421,17 @@ def run_predict(
         batch_size: Images per forward pass.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         image_size: Override for checkpoints that record no input size.
+        overwrite: Replace an existing ``output`` (otherwise refused before any work).
         quiet: Print nothing.
 
     Returns:
         The predictions; ``accuracy`` is set when inputs sit in ``CLASS/`` folders.
+
+    Raises:
+        OutputExistsError: ``output`` is a folder, or exists and ``overwrite`` is false.
     """
+    # Fail fast: a taken output path is known before the model loads or any image decodes.
+    check_output(output, overwrite)
     model, spec = load_classifier(ckpt, image_size=image_size, device=resolve_device(device))
     files, notes = collect_inputs(inputs, spec.class_names)
     mode = resolve_tta(tta, spec)
@@ -359,7 +443,7 @@ def run_predict(
     start = time.perf_counter()
     result = predict_files(model, spec, files, batch_size=batch_size, tta=mode)
     seconds = time.perf_counter() - start
-    path = write_csv(result, output, topk)
+    path = write_csv(result, output, topk, overwrite=overwrite)
     if not quiet:
         for note in notes:
             print(f"note: {note}", file=sys.stderr)
