@@ -13,6 +13,7 @@ import torch
 from conftest import make_split_tree
 from test_predict import fit_tiny
 
+from lit_vision.checkpoints import CheckpointError
 from lit_vision.cli import main
 from lit_vision.data import ImageFolderDataModule
 from lit_vision.export import INPUT_NAME, onnx_session, run_export
@@ -53,9 +54,10 @@ def cnn_ckpt(tree: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return fit_tiny(tree, tmp_path_factory.mktemp("export_run"), epochs=1)
 
 
-def check_export(ckpt: Path, images: Path, out: Path) -> dict:
+def check_export(ckpt: Path, images: Path, out: Path, trust: list[str] | None = None) -> dict:
     report = run_export(
         str(ckpt),
+        trust_class=trust,
         output_dir=str(out),
         name="m",
         check_images=str(images),
@@ -78,7 +80,7 @@ def check_export(ckpt: Path, images: Path, out: Path) -> dict:
     ).is_file()
 
     # Follow the contract by hand, without lit_vision's model code: decode, resize, uint8 NCHW.
-    model, spec = load_classifier(ckpt)
+    model, spec = load_classifier(ckpt, trust_class=trust or ())
     paths = sorted(str(p) for p in images.rglob("*.png"))
     size = contract["image_size"]
     pixels = np.stack([load_image(p, size).transpose(2, 0, 1) for p in paths])
@@ -116,17 +118,21 @@ def test_export_timm_subclass_parity(tree: Path, tmp_path: Path) -> None:
     trainer.fit(model, datamodule=dm)
     ckpt = tmp_path / "timm.ckpt"
     trainer.save_checkpoint(ckpt)
-    loaded, spec = load_classifier(ckpt)
+    with pytest.raises(CheckpointError, match="TimmClassifier"):
+        load_classifier(ckpt)  # a class outside lit_vision: refused unless the user trusts it
+    trust = [f"{TimmClassifier.__module__}.TimmClassifier"]
+    loaded, spec = load_classifier(ckpt, trust_class=trust)
     assert (
         type(loaded).__name__ == "TimmClassifier" and spec.image_size == 40
     )  # the model's preferred size
     assert spec.mean == pytest.approx([0.5] * 3)
-    contract = check_export(ckpt, tree / "test", tmp_path / "export")
+    contract = check_export(ckpt, tree / "test", tmp_path / "export", trust)
     assert contract["mean"] == pytest.approx([0.5] * 3) and contract["std"] == pytest.approx(
         [0.25] * 3
     )
     # predict runs on the same subclass
-    result = run_predict(ckpt, [tree / "test"], tmp_path / "p.csv", device="cpu", quiet=True)
+    result = run_predict(ckpt, [tree / "test"], tmp_path / "p.csv", device="cpu", quiet=True,
+                         trust_class=trust)
     assert len(result.rows) == 12 and result.accuracy is not None
 
 

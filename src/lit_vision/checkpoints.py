@@ -16,10 +16,10 @@ closed here:
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import pickle
-import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -70,11 +70,29 @@ def _torch_classes(module: Any, base: tuple[type, ...]) -> dict[str, type]:
     return found
 
 
-def allowed_classes() -> dict[str, type]:
+def trusted_class(path: str) -> type:
+    """Import a class the *user* names (``--trust_class``, the model of a config): trusted code.
+
+    Raises:
+        CheckpointError: The path does not import or is not a class.
+    """
+    module, _, name = path.rpartition(".")
+    try:
+        obj = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise CheckpointError(f"--trust_class {path}: cannot import it ({err})") from None
+    if not isinstance(obj, type):
+        raise CheckpointError(f"--trust_class {path} is not a class")
+    return obj
+
+
+def allowed_classes(trust: Sequence[str] = ()) -> dict[str, type]:
     """Every class path a checkpoint may name, mapped to the class (nothing is imported by name).
 
     This package's public classes and schedulers, ``torch.optim.*`` optimizers and
-    ``torch.optim.lr_scheduler.*`` schedulers, each under its short and its defining path.
+    ``torch.optim.lr_scheduler.*`` schedulers, each under its short and its defining path;
+    plus the classes the user trusts explicitly (``trust``: import paths from the command
+    line or the config, never from the checkpoint).
     """
     from torch.optim import lr_scheduler
 
@@ -83,6 +101,7 @@ def allowed_classes() -> dict[str, type]:
         **_torch_classes(torch.optim, (torch.optim.Optimizer,)),
         **_torch_classes(lr_scheduler, schedulers),
         **_lit_vision_classes(),
+        **{path: trusted_class(path) for path in trust},
     }
 
 
@@ -98,18 +117,19 @@ def _walk(obj: Any, where: str) -> Iterator[tuple[str, Any, Any]]:
             yield from _walk(value, f"{where}[{i}]")
 
 
-def check_class_paths(data: Any, where: str, source: str | Path) -> None:
+def check_class_paths(data: Any, where: str, source: str | Path, trust: Sequence[str] = ()) -> None:
     """Refuse any class path in ``data`` that is not allow-listed.
 
     Args:
         data: Plain data from a checkpoint (nested dicts and lists).
         where: Key path of ``data`` in the checkpoint, for the message.
         source: The checkpoint file, for the message.
+        trust: Further class paths the user trusts.
 
     Raises:
         CheckpointError: One line naming the file, the key and the class path.
     """
-    allowed = allowed_classes()
+    allowed = allowed_classes(trust)
     for path, key, value in _walk(data, where):
         if key == "_instantiator":
             ok = value == LIGHTNING_INSTANTIATOR
@@ -122,7 +142,8 @@ def check_class_paths(data: Any, where: str, source: str | Path) -> None:
         if not ok:
             raise CheckpointError(
                 f"checkpoint {source}: {path} = {value!r} is not an allowed class "
-                "(lit_vision classes, torch.optim.*, torch.optim.lr_scheduler.*); refusing to load it"
+                "(lit_vision classes, torch.optim.*, torch.optim.lr_scheduler.*; "
+                "--trust_class adds your own); refusing to load it"
             )
 
 
@@ -135,8 +156,12 @@ def check_eval_transform(spec: Any, source: str | Path) -> None:
             )
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
+def read_checkpoint(path: str | Path, trust: Sequence[str] = ()) -> dict[str, Any]:
     """Load a checkpoint as plain data on the CPU and check every class path it names.
+
+    Args:
+        path: The checkpoint file.
+        trust: Class paths the user trusts besides the allow-list (``--trust_class``).
 
     Raises:
         CheckpointError: Missing, truncated, pickled objects, not a Lightning checkpoint, or a
@@ -154,33 +179,34 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             f"checkpoint {path} holds pickled objects, which are never loaded (they can run code)"
             + (f": {detail.strip()}" if detail else "")
         ) from None
-    except (RuntimeError, OSError, EOFError, ValueError, zipfile.BadZipFile) as err:
+    except Exception as err:  # noqa: BLE001 - whatever torch's reader trips on, it is not a checkpoint
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"cannot read checkpoint {path} (truncated or not a checkpoint): {reason}") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise CheckpointError(f"{path} is not a Lightning checkpoint (no state_dict)")
     for key in ("hyper_parameters", "datamodule_hyper_parameters"):
-        check_class_paths(ckpt.get(key) or {}, key, path)
+        check_class_paths(ckpt.get(key) or {}, key, path, trust)
     meta = ckpt.get("lit_vision") or {}
     if not isinstance(meta, dict):
         raise CheckpointError(f"{path}: the lit_vision entry is not a dict")
-    if meta.get("model_class") is not None and meta["model_class"] not in allowed_classes():
+    if meta.get("model_class") is not None and meta["model_class"] not in allowed_classes(trust):
         raise CheckpointError(
             f"checkpoint {path}: lit_vision.model_class = {meta['model_class']!r} is not an allowed class "
-            "(lit_vision classes); refusing to load it"
+            "(lit_vision classes; --trust_class adds your own); refusing to load it"
         )
     if meta.get("eval_transform") is not None:
         check_eval_transform(meta["eval_transform"], path)
     return ckpt
 
 
-def model_class(ckpt: dict[str, Any], path: str | Path, base: type) -> type:
+def model_class(ckpt: dict[str, Any], path: str | Path, base: type, trust: Sequence[str] = ()) -> type:
     """The allow-listed LightningModule class a checkpoint was saved from.
 
     Args:
         ckpt: A checkpoint from :func:`read_checkpoint`.
         path: Its file, for messages.
         base: The class it must derive from (``ImageClassifier``).
+        trust: Class paths the user trusts besides the allow-list.
 
     Raises:
         CheckpointError: No class recorded, or not a subclass of ``base``.
@@ -190,7 +216,7 @@ def model_class(ckpt: dict[str, Any], path: str | Path, base: type) -> type:
     class_path = meta.get("model_class") or hparams.get("_class_path")
     if not class_path:
         raise CheckpointError(f"{path} records no model class (not saved by a lit_vision model?)")
-    cls = allowed_classes().get(class_path)
+    cls = allowed_classes(trust).get(class_path)
     if cls is None or not issubclass(cls, base):
         raise CheckpointError(f"checkpoint {path}: model class {class_path!r} is not a lit_vision classifier")
     return cls
@@ -212,11 +238,12 @@ def model_kwargs(cls: type, hparams: Mapping[str, Any], **overrides: Any) -> dic
     return kwargs
 
 
-def sanitize_for_cli(hparams: dict[str, Any], source: str | Path) -> dict[str, Any]:
+def sanitize_for_cli(hparams: dict[str, Any], source: str | Path, trust: Sequence[str] = ()) -> dict[str, Any]:
     """Model hyperparameters safe for LightningCLI to merge into the config of ``--ckpt_path``.
 
     The class paths are checked; Lightning's instantiator and the callables (optimizer,
-    scheduler) are dropped, so the trusted config decides them.
+    scheduler) are dropped, so the trusted config decides them. ``trust``: the model class
+    path the config names (the config is code the user chose to run).
     """
-    check_class_paths(hparams, "hyper_parameters", source)
+    check_class_paths(hparams, "hyper_parameters", source, trust)
     return {k: v for k, v in hparams.items() if k != "_instantiator" and k not in CALLABLE_KEYS}

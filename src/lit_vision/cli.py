@@ -130,7 +130,11 @@ class LitVisionCLI(LightningCLI):
             return
         if not Path(ckpt_path).is_file():
             raise CheckpointError(f"--ckpt_path {ckpt_path}: no such file")
-        hparams = sanitize_for_cli(dict(read_checkpoint(ckpt_path).get("hyper_parameters") or {}), ckpt_path)
+        model = config.get("model")
+        trusted = [model.class_path] if isinstance(model, Namespace) and model.get("class_path") else []
+        hparams = sanitize_for_cli(
+            dict(read_checkpoint(ckpt_path, trusted).get("hyper_parameters") or {}), ckpt_path, trusted
+        )
         if not hparams:
             return
         if "_class_path" in hparams:
@@ -241,6 +245,9 @@ def predict_command(args: list[str]) -> int:
     parser.add_argument("--ckpt", required=True, help="checkpoint (.ckpt) written by fit")
     parser.add_argument("--input", required=True, nargs="+", help="folders and/or image files")
     parser.add_argument("--output", default="predictions.csv", help="CSV to write (never a folder)")
+    parser.add_argument("--trust_class", nargs="*", default=[],
+                        help="import paths of your own model classes the checkpoint may name (you vouch "
+                        "for that code); by default only lit_vision's classes are rebuilt")
     parser.add_argument("--overwrite", type=bool, default=False,
                         help="replace an existing --output (refused otherwise, before predicting)")
     parser.add_argument("--topk", type=int, default=3, help="top classes per row")
@@ -252,7 +259,8 @@ def predict_command(args: list[str]) -> int:
                         help="input side, only for checkpoints that do not record one")
     cfg = parser.parse_args(args)
     run_predict(cfg.ckpt, cfg.input, cfg.output, topk=cfg.topk, tta=cfg.tta, batch_size=cfg.batch_size,
-                device=cfg.device, image_size=cfg.image_size, overwrite=cfg.overwrite)
+                device=cfg.device, image_size=cfg.image_size, overwrite=cfg.overwrite,
+                trust_class=cfg.trust_class)
     return 0
 
 

@@ -299,6 +299,11 @@ class ImageFolderDataModule(L.LightningDataModule):
         on_bad: Literal["error", "skip"] = "error",
     ) -> None:
         super().__init__()
+        # Plain strings in the checkpoint's hyperparameters: a Path is a pickled object, which
+        # checkpoint readers (weights_only=True) refuse.
+        root = str(root)
+        cache_dir = None if cache_dir is None else str(cache_dir)
+        predict_root = None if predict_root is None else str(predict_root)
         self.save_hyperparameters()
         self.root = Path(root).expanduser()
         if not self.root.is_dir():

@@ -359,6 +359,7 @@ def run_export(
     bench: bool = False,
     opset: int = 17,
     dynamo: bool = False,
+    trust_class: list[str] | None = None,
     quiet: bool = False,
 ) -> dict[str, Any]:
     """Export a checkpoint to ONNX/TorchScript/safetensors with a preprocessing JSON, checked.
@@ -389,6 +390,8 @@ def run_export(
         bench: Also measure ms/image at batch 1 and 32 (PyTorch vs each runtime, CPU).
         opset: ONNX opset.
         dynamo: Use the dynamo-based ONNX exporter instead of the TorchScript-based one.
+        trust_class: Import paths of your own model classes the checkpoint may name besides
+            lit_vision's (checkpoints are data: any other class path is refused).
         quiet: Print nothing.
 
     Returns:
@@ -417,7 +420,7 @@ def run_export(
             raise ImportError(
                 f"safetensors export needs safetensors: pip install safetensors ({err})"
             ) from None
-    model, spec = load_classifier(ckpt, device="cpu")
+    model, spec = load_classifier(ckpt, device="cpu", trust_class=trust_class or ())
     model.float()
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out_dir, prefix=f".{name}.export-"))

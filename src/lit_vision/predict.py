@@ -59,7 +59,11 @@ class InferenceSpec:
 
 
 def load_classifier(
-    path: str | Path, *, image_size: int | None = None, device: str | torch.device = "cpu"
+    path: str | Path,
+    *,
+    image_size: int | None = None,
+    device: str | torch.device = "cpu",
+    trust_class: Sequence[str] = (),
 ) -> tuple[ImageClassifier, InferenceSpec]:
     """Rebuild a trained classifier and its preprocessing from the checkpoint alone.
 
@@ -72,6 +76,8 @@ def load_classifier(
         path: Checkpoint file (``.ckpt``).
         image_size: Input side for checkpoints that do not record one.
         device: Where to put the model.
+        trust_class: Import paths of your own classes (an ``ImageClassifier`` subclass) that
+            the checkpoint may name besides lit_vision's; you vouch for that code.
 
     Returns:
         The model in eval mode and its ``InferenceSpec``.
@@ -80,10 +86,10 @@ def load_classifier(
         CheckpointError: Missing or unreadable file, a refused class path, weights that do
             not fit the model, or no recorded input size.
     """
-    ckpt = read_checkpoint(path)
+    ckpt = read_checkpoint(path, trust_class)
     meta = ckpt.get(CHECKPOINT_KEY) or {}
     hparams = ckpt.get("hyper_parameters") or {}
-    cls = model_class(ckpt, path, ImageClassifier)
+    cls = model_class(ckpt, path, ImageClassifier, trust_class)
     class_path = f"{cls.__module__}.{cls.__qualname__}"
     if not hparams:
         raise CheckpointError(
@@ -407,6 +413,7 @@ def run_predict(
     device: str = "auto",
     image_size: int | None = None,
     overwrite: bool = False,
+    trust_class: Sequence[str] = (),
     quiet: bool = False,
 ) -> PredictResult:
     """Predict every file under ``inputs`` with the checkpoint and write the CSV.
@@ -422,6 +429,7 @@ def run_predict(
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         image_size: Override for checkpoints that record no input size.
         overwrite: Replace an existing ``output`` (otherwise refused before any work).
+        trust_class: Your own model classes the checkpoint may name (see ``load_classifier``).
         quiet: Print nothing.
 
     Returns:
@@ -432,7 +440,9 @@ def run_predict(
     """
     # Fail fast: a taken output path is known before the model loads or any image decodes.
     check_output(output, overwrite)
-    model, spec = load_classifier(ckpt, image_size=image_size, device=resolve_device(device))
+    model, spec = load_classifier(
+        ckpt, image_size=image_size, device=resolve_device(device), trust_class=trust_class
+    )
     files, notes = collect_inputs(inputs, spec.class_names)
     mode = resolve_tta(tta, spec)
     if mode == "hflip" and not spec.train_flips.get("hflip") and not quiet:
