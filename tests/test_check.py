@@ -11,7 +11,7 @@ from conftest import make_split_tree, write_images
 from PIL import Image
 
 from lit_vision.check import scan_dataset
-from lit_vision.cli import main, run_command
+from lit_vision.__main__ import main, run_command
 from lit_vision.data import DataError, ImageFolderDataModule
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, make_split_tree
 
-from lit_vision.cli import main, run_command
+from lit_vision.__main__ import main, run_command
 
 CONFIGS = sorted(p for p in (REPO / "configs").glob("*.yaml") if "data:" in p.read_text())
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from lit_vision.cli import main
-from lit_vision.compare import budget_args, parse_variant
+from lit_vision.__main__ import main
+from lit_vision.commands.compare import budget_args, parse_variant
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "configs" / "gtsrb_cnn.yaml")

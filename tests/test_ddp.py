@@ -14,7 +14,8 @@ import torch
 import yaml
 from conftest import REPO, make_split_tree
 
-from lit_vision.cli import auto_precision, main, run_command
+from lit_vision.__main__ import main, run_command
+from lit_vision.cli import auto_precision
 from lit_vision.data import EpochSampler, ImageFolderDataModule
 from lit_vision.digits import materialize_digits
 from lit_vision.distributed import lr_scale_factor

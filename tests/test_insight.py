@@ -11,9 +11,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from lit_vision import CNNClassifier, ImageFolderDataModule
-from lit_vision.cli import main, run_command
+from lit_vision.__main__ import main, run_command
 from lit_vision.insight import InsightCallback
-from lit_vision.lr_find import lr_find_main
+from lit_vision.commands.lr_find import main as lr_find_main
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "configs" / "gtsrb_cnn.yaml")

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from lit_vision import cli
-from lit_vision.cli import auto_precision, main, run_command
+from lit_vision.__main__ import main, run_command
+from lit_vision.cli import auto_precision
 from lit_vision.transforms import BatchAugment
 
 REPO = Path(__file__).resolve().parents[1]

@@ -12,7 +12,7 @@ import torch
 from conftest import make_split_tree, write_images
 from PIL import Image
 
-from lit_vision.cli import main, run_command
+from lit_vision.__main__ import main, run_command
 from lit_vision.models import CHECKPOINT_KEY
 from lit_vision.predict import CheckpointError, load_classifier, run_predict
 

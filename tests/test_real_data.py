@@ -6,7 +6,7 @@ from pathlib import Path
 
 from conftest import REPO
 
-from lit_vision.cli import main, run_command
+from lit_vision.__main__ import main, run_command
 
 
 def test_split_and_fit_on_real_crack_images(shared_data: Path, tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import REPO, make_raw_tree, make_split_tree
 
-from lit_vision.cli import main
+from lit_vision.__main__ import main
 from lit_vision.resume import (
     AtomicCheckpointIO,
     FaultTolerance,

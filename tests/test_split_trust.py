@@ -258,7 +258,7 @@ def test_verify_flags_a_link_planted_in_dst(tmp_path: Path) -> None:
 
 
 def test_help_states_the_link_policy(capsys: pytest.CaptureFixture) -> None:
-    from lit_vision.cli import main
+    from lit_vision.__main__ import main
 
     assert main(["split", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.replace("``", "").split())

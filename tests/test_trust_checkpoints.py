@@ -20,7 +20,7 @@ from conftest import REPO, make_split_tree
 from test_predict import CONFIG, fit_tiny
 
 from lit_vision.checkpoints import CheckpointError, allowed_classes, read_checkpoint
-from lit_vision.cli import main
+from lit_vision.__main__ import main
 
 
 class Payload:

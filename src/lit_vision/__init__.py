@@ -1,27 +1,40 @@
-"""lit_vision: folders of labelled images in, trained, measured, exportable classifiers out."""
+"""lit_vision: folders of labelled images in, trained, measured, exportable classifiers out.
 
+The public classes are imported on first use (PEP 562), so ``lit-vision split --help`` and
+other light commands do not pay for torch and Lightning; ``class_path: lit_vision.X`` in a
+config resolves them as usual.
+"""
+
+from __future__ import annotations
+
+import importlib
 import os
+from typing import Any
 
 # albumentations otherwise asks PyPI for a newer version on import: a stall offline.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from lit_vision.data import ImageDataset, ImageFolderDataModule  # noqa: E402
-from lit_vision.digits import DigitsDataModule  # noqa: E402
-from lit_vision.models import CNNClassifier, ImageClassifier, TransferClassifier  # noqa: E402
-from lit_vision.networks import SimpleCNN, TransferNet  # noqa: E402
-from lit_vision.schedulers import WarmupCosineLR  # noqa: E402
-
 __version__ = "0.1.0"
 
-__all__ = [
-    "CNNClassifier",
-    "DigitsDataModule",
-    "ImageClassifier",
-    "ImageDataset",
-    "ImageFolderDataModule",
-    "SimpleCNN",
-    "TransferClassifier",
-    "TransferNet",
-    "WarmupCosineLR",
-    "__version__",
-]
+_EXPORTS = {
+    "CNNClassifier": "lit_vision.models",
+    "DigitsDataModule": "lit_vision.digits",
+    "ImageClassifier": "lit_vision.models",
+    "ImageDataset": "lit_vision.data",
+    "ImageFolderDataModule": "lit_vision.data",
+    "SimpleCNN": "lit_vision.networks",
+    "TransferClassifier": "lit_vision.models",
+    "TransferNet": "lit_vision.networks",
+    "WarmupCosineLR": "lit_vision.schedulers",
+}
+
+__all__ = [*sorted(_EXPORTS), "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public class from its module on first access."""
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'lit_vision' has no attribute {name!r}")

@@ -24,6 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.optim import lr_scheduler
+
+import lit_vision
+from lit_vision import schedulers
+from lit_vision.errors import CheckpointError
 
 # Keys whose string values name something to import: jsonargparse's and Lightning's.
 CLASS_KEYS = frozenset({"class_path", "_class_path", "_instantiator"})
@@ -43,16 +48,9 @@ SAFE_EVAL_TRANSFORMS = frozenset(
 )
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used: unreadable, not a checkpoint, or refused as unsafe."""
-
-
 def _lit_vision_classes() -> dict[str, type]:
-    import lit_vision
-    from lit_vision import schedulers
-
     found: dict[str, type] = {}
-    objects = [getattr(lit_vision, name) for name in lit_vision.__all__]
+    objects = [getattr(lit_vision, name) for name in lit_vision.__all__ if name != "__version__"]
     objects += [obj for obj in vars(schedulers).values() if isinstance(obj, type)]
     for obj in objects:
         if isinstance(obj, type) and obj.__module__.startswith("lit_vision"):
@@ -94,8 +92,6 @@ def allowed_classes(trust: Sequence[str] = ()) -> dict[str, type]:
     plus the classes the user trusts explicitly (``trust``: import paths from the command
     line or the config, never from the checkpoint).
     """
-    from torch.optim import lr_scheduler
-
     schedulers = (lr_scheduler.LRScheduler, lr_scheduler.ReduceLROnPlateau)
     return {
         **_torch_classes(torch.optim, (torch.optim.Optimizer,)),

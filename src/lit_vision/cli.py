@@ -1,47 +1,26 @@
-"""The command line: LightningCLI's fit/validate/test/predict plus lit_vision's own subcommands."""
+"""The Lightning layer of the command line: LitVisionCLI, build_cli, automatic precision, ``--ckpt_path last``.
+
+Dispatching and error handling live in ``__main__``; lit_vision's own subcommands in ``commands/``.
+"""
 
 from __future__ import annotations
 
-import re
-import sys
-from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
-from jsonargparse import ArgumentError, ArgumentParser, Namespace
+from jsonargparse import Namespace
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 
-from lit_vision.check import scan_dataset
-from lit_vision.checkpoints import CheckpointError, read_checkpoint, sanitize_for_cli
-from lit_vision.data import DataError
-from lit_vision.export import ExportError
+from lit_vision.checkpoints import read_checkpoint, sanitize_for_cli
 from lit_vision.distributed import RunSummary, ScaleLR
-from lit_vision.images import ImageDecodeError
-from lit_vision.predict import OutputExistsError
+from lit_vision.errors import CheckpointError, DataError
 from lit_vision.insight import InsightCallback, track_setup_time
-from lit_vision.resume import (
-    AtomicCheckpointIO,
-    FaultTolerance,
-    NonFiniteLossError,
-    find_last_checkpoint,
-)
-from lit_vision.split import SplitError, split_dataset
-from lit_vision.weights import WeightsError
-
-class ConfigError(ValueError):
-    """A command line or config file jsonargparse cannot parse; the message names the key."""
-
-
-USER_ERRORS = (
-    ConfigError,
-    ExportError,
-    OutputExistsError,
-    DataError, SplitError, ImageDecodeError, FileNotFoundError, CheckpointError, WeightsError, NonFiniteLossError
-)
+from lit_vision.resume import AtomicCheckpointIO, FaultTolerance, find_last_checkpoint
 
 
 def cpu_has_native_bf16() -> bool:
@@ -207,117 +186,8 @@ TRAINER_DEFAULTS = {
     },
 }
 
-HELP_EXTRA = """
-lit_vision subcommands besides LightningCLI's fit/validate/test:
-  split       raw class folders -> ROOT/train, ROOT/val, ROOT/test (verified; see `split --help`)
-  predict     checkpoint + folders/files -> CSV of top-k predictions (replaces LightningCLI's predict)
-  export      checkpoint -> ONNX + TorchScript + preprocessing JSON, parity-checked on real images
-  lr_find     learning-rate range test for a config: plot + suggestion (see `lr_find --help`)
-  compare     train several configs/variants on one split and budget, rank them (`compare --help`)
-  check       scan ROOT for unreadable images, stray files, class mismatches, leaks between splits
-"""
 
-
-def split_command(args: list[str]) -> int:
-    """``lit-vision split``: parse arguments and split raw class folders."""
-    parser = ArgumentParser(exit_on_error=False, prog="lit-vision split", description=split_dataset.__doc__.split("\n")[0])
-    parser.add_function_arguments(split_dataset, skip={"quiet"})
-    cfg = parser.parse_args(args)
-    split_dataset(**vars(cfg) if isinstance(cfg, dict) else cfg.as_dict())
-    return 0
-
-
-def predict_command(args: list[str]) -> int:
-    """``lit-vision predict``: classify folders/files with a self-contained checkpoint.
-
-    It replaces LightningCLI's config-driven ``predict``, which needs the training config and
-    data and writes nothing; ``validate``/``test`` remain for config-driven evaluation.
-    """
-    from lit_vision.predict import run_predict
-
-    parser = ArgumentParser(
-        exit_on_error=False,
-        prog="lit-vision predict",
-        description="Predict every file under folders (any depth) or given files with a checkpoint; "
-        "write one CSV row per file (unreadable files flagged with the reason). Files under "
-        "FOLDER/CLASS/ with the model's class names are labelled and accuracy is printed.",
-    )
-    parser.add_argument("--ckpt", required=True, help="checkpoint (.ckpt) written by fit")
-    parser.add_argument("--input", required=True, nargs="+", help="folders and/or image files")
-    parser.add_argument("--output", default="predictions.csv", help="CSV to write (never a folder)")
-    parser.add_argument("--trust_class", nargs="*", default=[],
-                        help="import paths of your own model classes the checkpoint may name (you vouch "
-                        "for that code); by default only lit_vision's classes are rebuilt")
-    parser.add_argument("--overwrite", type=bool, default=False,
-                        help="replace an existing --output (refused otherwise, before predicting)")
-    parser.add_argument("--topk", type=int, default=3, help="top classes per row")
-    parser.add_argument("--tta", default="none", choices=["none", "hflip", "auto"],
-                        help="hflip: average with the mirror image; auto: hflip if trained with hflip")
-    parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    parser.add_argument("--image_size", type=int, default=None,
-                        help="input side, only for checkpoints that do not record one")
-    cfg = parser.parse_args(args)
-    run_predict(cfg.ckpt, cfg.input, cfg.output, topk=cfg.topk, tta=cfg.tta, batch_size=cfg.batch_size,
-                device=cfg.device, image_size=cfg.image_size, overwrite=cfg.overwrite,
-                trust_class=cfg.trust_class)
-    return 0
-
-
-def export_command(args: list[str]) -> int:
-    """``lit-vision export``: ONNX/TorchScript files and the preprocessing contract."""
-    from lit_vision.export import run_export
-
-    parser = ArgumentParser(exit_on_error=False, prog="lit-vision export", description=run_export.__doc__.split("\n")[0])
-    parser.add_function_arguments(run_export, skip={"quiet"})
-    cfg = parser.parse_args(args)
-    report = run_export(**(vars(cfg) if isinstance(cfg, dict) else cfg.as_dict()))
-    return 0 if report.get("parity_ok", True) else 1
-
-
-
-def lr_find_command(args: list[str]) -> int:
-    """``lit-vision lr_find``: learning-rate range test (see lit_vision.lr_find)."""
-    from lit_vision.lr_find import lr_find_main
-
-    return lr_find_main(args)
-
-
-def compare_command(args: list[str]) -> int:
-    """``lit-vision compare``: train and rank several experiments (see lit_vision.compare)."""
-    from lit_vision.compare import compare_main
-
-    return compare_main(args)
-
-
-def check_command(args: list[str]) -> int:
-    """``lit-vision check``: scan a split folder; exit 1 when it has errors."""
-    parser = ArgumentParser(exit_on_error=False, prog="lit-vision check", description=scan_dataset.__doc__.split("\n")[0])
-    parser.add_argument("--data.root", required=True, help="The split folder (train/ val/ [test/]).")
-    parser.add_argument("--decode", choices=["full", "verify", "none"], default="full",
-                        help="full: decode every pixel (finds truncated files); verify: headers only.")
-    parser.add_argument("--size", type=int, default=64, help="Side the full decode resizes to.")
-    parser.add_argument("--limit", type=int, default=10, help="Files listed per kind of problem.")
-    cfg = parser.parse_args(args)
-    root = Path(cfg.data.root).expanduser()
-    if not root.is_dir():
-        raise DataError(f"--data.root {root} is not a folder")
-    report = scan_dataset(root, decode=cfg.decode, size=cfg.size)
-    print(report.describe(cfg.limit))
-    return 0 if report.ok else 1
-
-
-EXTRA_COMMANDS: dict[str, Callable[[list[str]], int]] = {
-    "split": split_command,
-    "check": check_command,
-    "predict": predict_command,
-    "export": export_command,
-    "lr_find": lr_find_command,
-    "compare": compare_command,
-}
-
-
-def build_cli(args: ArgsType, **kwargs) -> LitVisionCLI:
+def build_cli(args: ArgsType, **kwargs: Any) -> LitVisionCLI:
     """A ``LitVisionCLI`` with lit_vision's model/data modes and trainer defaults.
 
     Args:
@@ -334,117 +204,3 @@ def build_cli(args: ArgsType, **kwargs) -> LitVisionCLI:
         args=args,
         **kwargs,
     )
-
-
-def normalize_option_spelling(argv: list[str]) -> list[str]:
-    """Accept ``--group-regex`` for ``--group_regex`` in lit_vision's own subcommands.
-
-    Options are spelled with underscores, as in LightningCLI; the hyphen spelling many tools
-    use is an alias. Only the option name changes (``--a-b=x-y`` -> ``--a_b=x-y``).
-    """
-    out = []
-    for arg in argv:
-        if arg.startswith("--") and len(arg) > 2:
-            name, eq, value = arg[2:].partition("=")
-            arg = "--" + name.replace("-", "_") + eq + value
-        out.append(arg)
-    return out
-
-
-def run_command(args: list[str] | None = None) -> LitVisionCLI | int:
-    """Run one command in-process and return what it made; errors propagate as exceptions.
-
-    The API for tests and ``compare`` (which read the trainer and model of a ``fit``);
-    :func:`main` is the shell's entry point around it.
-
-    Args:
-        args: The command line without the program name, e.g. ``["fit", "--config", F]``;
-            ``None`` reads ``sys.argv``.
-
-    Returns:
-        The exit code of an extra subcommand, or the ``LitVisionCLI`` of fit/validate/test.
-
-    Raises:
-        ConfigError: The command line or a config file does not parse (one line, naming the key).
-    """
-    argv = list(sys.argv[1:] if args is None else args)
-    try:
-        if argv and argv[0] in EXTRA_COMMANDS:
-            return EXTRA_COMMANDS[argv[0]](normalize_option_spelling(argv[1:]))
-        if not argv or argv[0] in ("-h", "--help"):
-            print(HELP_EXTRA)
-        return build_cli(
-            None if args is None else argv,  # None: LightningCLI reads sys.argv itself
-            save_config_kwargs={"overwrite": True},
-            # Parse errors raise instead of printing the whole usage, so the shell gets one line.
-            parser_kwargs={"exit_on_error": False},
-        )
-    except ArgumentError as err:  # a parse error (exit_on_error=False): one line naming the key
-        raise ConfigError(config_error_line(str(err))) from None
-
-
-def main(args: ArgsType = None) -> int:
-    """The command line's entry point: run a command and return its exit code.
-
-    0: success; 1: a check found problems (``check``, ``export``'s parity, ``compare``);
-    2: a user error (bad option or config, missing or refused file, unreadable data), printed
-    as one ``error:`` line on stderr. Anything else is a bug and keeps its traceback.
-
-    Args:
-        args: The command line without the program name; ``None`` reads ``sys.argv``.
-    """
-    try:
-        result = run_command(None if args is None else list(args))
-    except SystemExit as exit_:  # --help, --print_config, and argparse errors of subcommands
-        code = exit_.code
-        if code is None or isinstance(code, int):
-            return code or 0
-        print(code, file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
-    except Exception as err:
-        user_error = _find_user_error(err)
-        if user_error is None:
-            raise
-        print(f"error: {_one_line(user_error)}", file=sys.stderr)
-        return 2
-    return result if isinstance(result, int) else 0
-
-
-def _one_line(err: BaseException) -> str:
-    """An exception's message on one line (the first line of a multi-line one)."""
-    text = str(err).strip() or type(err).__name__
-    return text.splitlines()[0]
-
-
-def _find_user_error(err: BaseException | None) -> BaseException | None:
-    """The user's mistake behind an exception, even when jsonargparse wrapped it while instantiating."""
-    seen = set()
-    while err is not None and id(err) not in seen:
-        if isinstance(err, USER_ERRORS):
-            return err
-        seen.add(id(err))
-        err = err.__cause__ or err.__context__
-    return None
-
-
-def config_error_line(message: str) -> str:
-    """jsonargparse's multi-line parse error boiled down to one line naming the key."""
-    lines = [line.strip() for line in message.splitlines() if line.strip()]
-    keys = []
-    for line in lines:
-        m = re.search(r'Parser key "([^"]+)"', line)
-        if m and m.group(1) not in keys:
-            keys.append(m.group(1))
-    noise = ("Parser key", "Does not validate against any of the Union", "Subtypes:", "Errors:",
-             "Given value", "Expected a <class 'NoneType'>", "Problem with given class_path")
-    lines = [re.sub(r'^Parser key "[^"]+":\s*', "", line) for line in lines]
-    reasons = [re.sub(r"^- ", "", line) for line in lines if line and not any(n in line for n in noise)]
-    reason = reasons[0] if reasons else lines[-1] if lines else "invalid configuration"
-    unknown = re.search(r"Option '([^']+)' is not accepted", reason)
-    key = ".".join(keys)
-    if unknown and key:
-        return f"--{key}.{unknown.group(1)} is not an option (typo? see --help)"
-    return f"--{key}: {reason}" if key else reason

@@ -22,13 +22,10 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from lit_vision.check import DecodeMode, ScanReport, format_skipped, scan_dataset
 from lit_vision.images import ImageDecodeError, is_image_file, load_image
 from lit_vision.transforms import BatchAugment, apply, eval_transforms, train_transforms
+from lit_vision.errors import DataError
 
 Stage = Literal["train", "val", "test"]
 Sample = tuple[str, int]
-
-
-class DataError(ValueError):
-    """A problem with the user's image folders; the message names the path."""
 
 
 def discover_classes(split_dir: Path) -> list[str]:

@@ -23,6 +23,7 @@ from torch import nn
 
 from lit_vision.models import ImageClassifier
 from lit_vision.predict import InferenceSpec, collect_inputs, decode_file, load_classifier
+from lit_vision.errors import ExportError
 
 Format = Literal["onnx", "torchscript", "safetensors"]
 INPUT_NAME = "images"
@@ -33,10 +34,6 @@ SUFFIXES: dict[str, str] = {
     "torchscript": ".torchscript.pt",
     "safetensors": ".safetensors",
 }
-
-
-class ExportError(ValueError):
-    """An export that cannot run or whose files failed a check; the message names the path."""
 
 
 class ExportWrapper(nn.Module):

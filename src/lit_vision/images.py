@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from lit_vision.errors import LitVisionError
+
 # Refuse truncated files instead of silently padding them with grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
@@ -16,7 +18,7 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
 )
 
 
-class ImageDecodeError(ValueError):
+class ImageDecodeError(LitVisionError):
     """An image file that cannot be read; the message names the file and the reason."""
 
     def __init__(self, path: str | Path, reason: str) -> None:

@@ -22,6 +22,7 @@ from lit_vision.checkpoints import CheckpointError, model_class, model_kwargs, r
 from lit_vision.images import ImageDecodeError, is_image_file, load_image
 from lit_vision.models import CHECKPOINT_KEY, ImageClassifier
 from lit_vision.transforms import apply, eval_transforms
+from lit_vision.errors import OutputExistsError
 
 TTA = Literal["none", "hflip", "auto"]
 
@@ -29,10 +30,6 @@ TTA = Literal["none", "hflip", "auto"]
 # Constructor arguments that would load pretrained weights (TransferClassifier's), turned off
 # when rebuilding from a checkpoint whose state dict holds the trained weights anyway.
 NO_PRETRAINED: dict[str, Any] = {"pretrained": False, "weights": None, "weights_path": None}
-
-
-class OutputExistsError(ValueError):
-    """The output path is taken (an existing file without ``overwrite``, or a folder)."""
 
 
 @dataclass

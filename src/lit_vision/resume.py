@@ -18,10 +18,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-
-
-class NonFiniteLossError(RuntimeError):
-    """Training produced a NaN or infinite loss (or parameters); the message says where."""
+from lit_vision.errors import NonFiniteLossError
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

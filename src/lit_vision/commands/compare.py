@@ -17,6 +17,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from lit_vision.cli import build_cli
+from lit_vision.figures import plt
+from lit_vision.insight import InsightCallback
+from lit_vision.report import environment_info, render_markdown
+
 HELP = """usage: lit-vision compare --data.root ROOT [--configs C.yaml ...] [--variants 'C.yaml KEY=VALUE ...' ...]
                           [--max_epochs N] [--max_time MINUTES] [--out DIR] [fit options for every run]
 
@@ -141,15 +146,13 @@ def measure_latency(model: torch.nn.Module, image_size: int, runs: int = 30, dev
 
 def run_experiment(exp: Experiment, root: str, out: Path, common: list[str], latency_runs: int) -> Result:
     """Fit one experiment in-process, evaluate its best checkpoint, measure latency."""
-    from lit_vision.cli import run_command
-    from lit_vision.insight import InsightCallback
 
     res = Result(exp.name, exp.config, exp.overrides)
     args = ["fit", "--config", exp.config, *exp.overrides, f"--data.root={root}",
             f"--trainer.logger.init_args.save_dir={out / 'tb'}", f"--trainer.logger.init_args.name={exp.name}",
             *common]
     print(f"compare: {exp.name}: lit-vision {shlex.join(args)}", flush=True)
-    cli = run_command(args)
+    cli = build_cli(args, save_config_kwargs={"overwrite": True})
     trainer, model, dm = cli.trainer, cli.model, cli.datamodule
     ck = trainer.checkpoint_callback
     best = getattr(ck, "best_model_path", "") or None
@@ -230,7 +233,6 @@ def winner_statement(results: list[Result], by: str) -> str:
 
 def plot(results: list[Result], path: Path, by: str) -> None:
     """Ranked accuracy bars and an accuracy-vs-latency scatter (marker area ~ parameters)."""
-    from lit_vision.figures import plt
 
     ok = [r for r in results if r.status == "ok"]
     if not ok:
@@ -285,7 +287,6 @@ def compare(
     extra: list[str] | None = None,
 ) -> list[Result]:
     """Run, rank and write the comparison; returns the ranked results."""
-    from lit_vision.report import environment_info, render_markdown
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -348,7 +349,7 @@ def compare(
     return ranked
 
 
-def compare_main(args: list[str]) -> int:
+def main(args: list[str]) -> int:
     """Parse ``compare`` options and run it; 0 when at least one experiment finished."""
     opts, extra = _parser().parse_known_args(args)
     if opts.help:

@@ -1,0 +1,55 @@
+"""``lit-vision predict``: classify folders/files with a self-contained checkpoint -> CSV.
+
+It replaces LightningCLI's config-driven ``predict``, which needs the training config and
+data and writes nothing; ``validate``/``test`` remain for config-driven evaluation.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from lit_vision.commands.parsing import command_parser, parse
+from lit_vision.predict import run_predict
+
+
+def predict(
+    ckpt: str,
+    input: list[str],  # noqa: A002 - the option users type is --input
+    output: str = "predictions.csv",
+    overwrite: bool = False,
+    topk: int = 3,
+    tta: Literal["none", "hflip", "auto"] = "none",
+    batch_size: int = 64,
+    device: str = "auto",
+    image_size: int | None = None,
+    trust_class: list[str] | None = None,
+) -> int:
+    """Predict every file under folders (any depth) or given files; one CSV row per file.
+
+    Unreadable files get a row with the reason. Files under ``FOLDER/CLASS/`` named like the
+    model's classes are labelled and the accuracy is printed.
+
+    Args:
+        ckpt: Checkpoint (.ckpt) written by fit.
+        input: Folders and/or image files.
+        output: CSV to write (never a folder).
+        overwrite: Replace an existing output (refused otherwise, before predicting).
+        topk: Top classes per row.
+        tta: hflip: average with the mirror image; auto: hflip if trained with hflip.
+        batch_size: Images per forward pass.
+        device: auto, cpu, cuda, cuda:N.
+        image_size: Input side, only for checkpoints that do not record one.
+        trust_class: Import paths of your own model classes the checkpoint may name (you
+            vouch for that code); by default only lit_vision's classes are rebuilt.
+    """
+    run_predict(ckpt, input, output, topk=topk, tta=tta, batch_size=batch_size, device=device,
+                image_size=image_size, overwrite=overwrite, trust_class=trust_class or ())
+    return 0
+
+
+def main(args: list[str]) -> int:
+    """Parse :func:`predict`'s options and predict (``--input A B C``: several paths after one flag)."""
+    parser = command_parser("predict", (predict.__doc__ or "").splitlines()[0])
+    parser.add_argument("--input", required=True, nargs="+", help="Folders and/or image files.")
+    parser.add_function_arguments(predict, skip={"input"})
+    return predict(**parse(parser, args))
