@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 from collections import defaultdict
@@ -14,7 +13,14 @@ from typing import Literal
 
 from PIL import Image, UnidentifiedImageError
 
-from lit_vision.images import IMAGE_EXTENSIONS, ImageDecodeError, is_image_file, load_image
+from lit_vision.images import (
+    IMAGE_EXTENSIONS,
+    ImageDecodeError,
+    file_sha256,
+    is_hidden_image,
+    is_image_file,
+    load_image,
+)
 
 SPLITS = ("train", "val", "test")
 Severity = Literal["error", "warning"]
@@ -32,7 +38,8 @@ class Finding:
 
     ``kind`` is one of ``unreadable``, ``unsupported_image``, ``stray_image``, ``not_image``,
     ``empty_class``, ``missing_class``, ``extra_class``, ``leak`` (the same bytes in two splits),
-    ``duplicate`` (the same bytes twice within a split) or ``conflicting_labels``.
+    ``duplicate`` (the same bytes twice within a split), ``conflicting_labels`` or
+    ``hidden_image`` (an image under a hidden file or folder name, which nothing reads).
     """
 
     kind: str
@@ -52,6 +59,8 @@ class ScanReport:
     images: dict[str, int] = field(default_factory=dict)
     findings: list[Finding] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
+    # SHA-256 of every image file read without problems, by path: the disk cache's key.
+    digests: dict[str, str] = field(default_factory=dict)
 
     @property
     def errors(self) -> list[Finding]:
@@ -117,22 +126,38 @@ KIND_TEXT = {
     "leak": "image(s) whose exact bytes are also in another split (leakage)",
     "duplicate": "exact duplicate image(s) within a split",
     "conflicting_labels": "image(s) whose exact bytes appear under two classes",
+    "hidden_image": "image(s) in hidden files/folders, ignored",
 }
 
 
-def check_image_bytes(data: bytes, mode: DecodeMode = "full", size: int = 64) -> str | None:
-    """Why these bytes are not a readable image, or ``None`` when they are.
+def check_image_bytes(
+    data: bytes, mode: DecodeMode = "full", size: int = 64, *, max_megapixels: float | None = None
+) -> str | None:
+    """Why these bytes are not a readable image, or ``None`` when they are (see ``check_image_file``)."""
+    return check_image_file(io.BytesIO(data), mode, size, max_megapixels=max_megapixels)
 
-    Never raises: corrupted files make PIL raise all kinds of exceptions (struct.error,
-    IndexError, ...), and a scan must report them, not die on them.
+
+def check_image_file(
+    path: str | Path | io.BytesIO,
+    mode: DecodeMode = "full",
+    size: int = 64,
+    *,
+    max_megapixels: float | None = None,
+) -> str | None:
+    """Why this file is not a readable image, or ``None`` when it is.
+
+    The file is read from disk by the decoder, never whole into memory (a 2 GB file with an
+    image name costs no more than its header). Never raises: corrupted files make PIL raise
+    all kinds of exceptions (struct.error, IndexError, ...), and a scan must report them,
+    not die on them.
     """
     if mode == "none":
         return None
     try:
         if mode == "full":
-            load_image(io.BytesIO(data), size)
+            load_image(path, size, max_megapixels=max_megapixels)
         else:
-            with Image.open(io.BytesIO(data)) as img:
+            with Image.open(path) as img:
                 img.verify()
                 if img.size[0] < 1 or img.size[1] < 1:
                     return f"empty image {img.size}"
@@ -159,6 +184,12 @@ def _is_junk(path: Path) -> bool:
     return name in JUNK_NAMES or name.startswith("._") or any(p.startswith(".") for p in path.parts)
 
 
+def _is_system_file(path: Path) -> bool:
+    """Files tools drop next to images (``Thumbs.db``, ``._x.jpg``): ignored, not images."""
+    name = path.name.lower()
+    return name in JUNK_NAMES or name.startswith("._")
+
+
 @dataclass
 class _Listing:
     images: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # split -> (path, class)
@@ -166,6 +197,13 @@ class _Listing:
     others: list[Path] = field(default_factory=list)  # non-image files inside class folders
     stray: list[Path] = field(default_factory=list)  # files directly in a split folder
     ignored: list[str] = field(default_factory=list)
+    hidden: list[str] = field(default_factory=list)  # images under hidden names: never read
+
+
+def _hidden_images(entry: Path, root: Path) -> list[str]:
+    """Image files in or under a hidden split-level entry (``train/.x.png``, ``train/.cls/``)."""
+    files = sorted(entry.rglob("*")) if entry.is_dir() else [entry]
+    return [str(p) for p in files if p.is_file() and is_hidden_image(p, root) and not _is_system_file(p)]
 
 
 def _list(root: Path, splits: Sequence[str]) -> _Listing:
@@ -176,16 +214,25 @@ def _list(root: Path, splits: Sequence[str]) -> _Listing:
         out.classes[split] = []
         for entry in sorted(split_dir.iterdir()):
             if _is_junk(entry.relative_to(root)):
-                out.ignored.append(str(entry))
+                hidden = _hidden_images(entry, split_dir)
+                out.hidden += hidden
+                if not hidden or entry.is_dir():
+                    out.ignored.append(str(entry))
             elif entry.is_dir():
                 out.classes[split].append(entry.name)
                 for p in sorted(entry.rglob("*")):
                     if not p.is_file():
                         continue
-                    if _is_junk(p.relative_to(root)):
-                        out.ignored.append(str(p))
-                    elif is_image_file(p):
+                    # The DataModule's rule (is_image_file below the class folder), so what
+                    # check passes is exactly what training reads.
+                    if is_image_file(p, root=entry):
                         out.images[split].append((str(p), entry.name))
+                    elif _is_system_file(p):
+                        out.ignored.append(str(p))
+                    elif is_hidden_image(p, entry):
+                        out.hidden.append(str(p))
+                    elif _is_junk(p.relative_to(root)):
+                        out.ignored.append(str(p))
                     else:
                         out.others.append(p)
             elif entry.is_file():
@@ -200,12 +247,13 @@ def scan_dataset(
     decode: DecodeMode | Callable[[str, int], DecodeMode] = "full",
     size: int = 64,
     workers: int | None = None,
+    max_megapixels: float | None = None,
 ) -> ScanReport:
     """Scan ``ROOT/{train,val,test}/CLASS/*`` for everything that would break or bias training.
 
-    Every image file is read once: its bytes are hashed (exact duplicates, leakage between
-    splits) and decoded from memory according to ``decode``, on a thread pool (PIL releases
-    the GIL while decoding).
+    Every image file is checked according to ``decode`` and, when readable, hashed
+    (SHA-256: exact duplicates, leakage between splits, the disk cache's key), both reading
+    the file in blocks from disk, on a thread pool (PIL and hashlib release the GIL).
 
     Args:
         root: The split folder.
@@ -214,6 +262,8 @@ def scan_dataset(
             checksums only), ``none``; or a function ``(split, n_images) -> mode``.
         size: Side the full decode resizes to (the DataModule passes its image size).
         workers: Threads; default ``min(8, cpu count)``.
+        max_megapixels: The decoder's size limit (``load_image``); larger images are
+            unreadable.
 
     Returns:
         The report; it never raises for a bad file.
@@ -231,11 +281,13 @@ def scan_dataset(
         jobs += [(split, path, label, mode) for path, label in items]
 
     def _one(job: tuple[str, str, str, DecodeMode]) -> tuple[str | None, str | None]:
+        problem = check_image_file(job[1], job[3], size, max_megapixels=max_megapixels)
+        if problem is not None:
+            return None, problem  # not hashed: an unreadable file is left out, not compared
         try:
-            data = Path(job[1]).read_bytes()
+            return file_sha256(job[1]), None
         except OSError as err:
             return None, f"cannot read file: {err.strerror or err}"
-        return hashlib.blake2b(data, digest_size=16).hexdigest(), check_image_bytes(data, job[3], size)
 
     workers = workers or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(workers) as pool:
@@ -246,6 +298,7 @@ def scan_dataset(
         if problem is not None:
             add(Finding("unreadable", "error", path, problem, skippable=True))
         elif digest is not None:
+            report.digests[path] = digest
             by_hash[digest].append((split, path, label))
     for copies in by_hash.values():
         if len(copies) < 2:
@@ -267,6 +320,8 @@ def scan_dataset(
             add(Finding("unsupported_image", "error", str(p), f"a {fmt} image; would be left out", skippable=True))
         else:
             add(Finding("not_image", "warning", str(p)))
+    for path in listing.hidden:
+        add(Finding("hidden_image", "warning", path))
     for p in listing.stray:
         if is_image_file(p) or _sniff_image(p) is not None:
             add(Finding("stray_image", "error", str(p), "not in a class folder; would be left out", skippable=True))

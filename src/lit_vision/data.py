@@ -8,19 +8,29 @@ import os
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
 import albumentations as A
 import lightning as L
 import numpy as np
+import PIL
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lit_vision.check import DecodeMode, ScanReport, format_skipped, scan_dataset
-from lit_vision.images import ImageDecodeError, is_image_file, load_image
+from lit_vision.images import (
+    DEFAULT_MAX_MEGAPIXELS,
+    RESIZE_FILTER,
+    ImageDecodeError,
+    file_sha256,
+    is_hidden_image,
+    is_image_file,
+    load_image,
+)
 from lit_vision.transforms import BatchAugment, apply, eval_transforms, train_transforms
 from lit_vision.errors import DataError
 
@@ -42,8 +52,16 @@ def discover_classes(split_dir: Path) -> list[str]:
     return classes
 
 
-def list_samples(split_dir: Path, classes: Sequence[str]) -> list[Sample]:
+def list_samples(split_dir: Path, classes: Sequence[str], hidden: list[str] | None = None) -> list[Sample]:
     """All image files under ``split_dir/CLASS/`` (any depth), with class indices, sorted.
+
+    What counts is :func:`~lit_vision.images.is_image_file` below the class folder, the rule
+    ``check`` applies too: images under a hidden name (``CLASS/.sub/x.jpg``) are left out.
+
+    Args:
+        split_dir: The split folder.
+        classes: The class names of train/.
+        hidden: When given, the hidden images left out are appended to it (for the log).
 
     Raises:
         DataError: A class folder of ``split_dir`` is not among ``classes``.
@@ -56,22 +74,34 @@ def list_samples(split_dir: Path, classes: Sequence[str]) -> list[Sample]:
                 f"class '{class_dir.name}' in {split_dir} is not a class of train/ "
                 f"(train has {len(classes)}: {', '.join(classes[:10])}{' ...' if len(classes) > 10 else ''})"
             )
-        files = sorted(str(p) for p in class_dir.rglob("*") if p.is_file() and is_image_file(p))
-        samples.extend((f, index[class_dir.name]) for f in files)
+        files = [p for p in sorted(class_dir.rglob("*")) if p.is_file()]
+        samples.extend((str(f), index[class_dir.name]) for f in files if is_image_file(f, root=class_dir))
+        if hidden is not None:
+            hidden += [str(f) for f in files if is_hidden_image(f, class_dir)]
+    if hidden is not None:  # hidden class folders: never classes, their images never data
+        for d in sorted(p for p in split_dir.iterdir() if p.is_dir() and p.name.startswith(".")):
+            hidden += [str(f) for f in sorted(d.rglob("*")) if f.is_file() and is_hidden_image(f, split_dir)]
     return samples
 
 
-def decode_all(paths: Sequence[str], size: int, *, workers: int | None = None, desc: str = "") -> np.ndarray:
+def decode_all(
+    paths: Sequence[str],
+    size: int,
+    *,
+    workers: int | None = None,
+    desc: str = "",
+    max_megapixels: float | None = None,
+) -> np.ndarray:
     """Decode images in parallel into one ``(N, size, size, 3)`` uint8 array.
 
     PIL releases the GIL while decoding and resizing, so threads scale without copying the
-    result between processes.
+    result between processes. ``max_megapixels`` is ``load_image``'s limit.
     """
     out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
     workers = workers or min(8, os.cpu_count() or 1)
 
     def _one(i: int) -> None:
-        out[i] = load_image(paths[i], size)
+        out[i] = load_image(paths[i], size, max_megapixels=max_megapixels)
 
     from tqdm.auto import tqdm
 
@@ -89,63 +119,147 @@ def decode_all(paths: Sequence[str], size: int, *, workers: int | None = None, d
     return out
 
 
-CACHE_VERSION = 1  # bump when decoding changes, so old cache files are not reused
+CACHE_VERSION = 2  # bump when decoding changes, so old cache files are not reused
 
 
-def cache_key(samples: Sequence[Sample], size: int) -> str:
-    """Hash of the file list (paths, sizes, mtimes, labels) and decode settings.
+def _package_version() -> str:
+    try:
+        return metadata.version("lit_vision")
+    except metadata.PackageNotFoundError:  # run from a source tree
+        return "source"
 
-    Any added, removed, renamed, rewritten or touched file gives a new key, so a stale cache
-    is never read.
+
+def decoder_settings(size: int, max_megapixels: float | None = None) -> dict[str, Any]:
+    """Everything besides the files' bytes that decides the decoded pixels (the cache key)."""
+    return {
+        "cache_version": CACHE_VERSION,
+        "lit_vision": _package_version(),
+        "pillow": PIL.__version__,
+        "numpy": np.__version__.split(".")[0],
+        "size": size,
+        "filter": RESIZE_FILTER.name,
+        "max_megapixels": DEFAULT_MAX_MEGAPIXELS if max_megapixels is None else float(max_megapixels),
+    }
+
+
+def file_digests(
+    paths: Sequence[str], known: dict[str, str] | None = None, workers: int | None = None
+) -> list[str]:
+    """SHA-256 of each file, from ``known`` (the scan's) where there, else read in blocks.
+
+    Raises:
+        ImageDecodeError: A file cannot be read.
     """
-    h = hashlib.sha256(json.dumps({"version": CACHE_VERSION, "size": size}).encode())
-    for path, target in samples:
-        st = os.stat(path)
-        h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\0{target}\n".encode())
+    known = known or {}
+
+    def _one(path: str) -> str:
+        if path in known:
+            return known[path]
+        try:
+            return file_sha256(path)
+        except OSError as err:
+            raise ImageDecodeError(path, err.strerror or str(err)) from None
+
+    with ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1)) as pool:
+        return list(pool.map(_one, paths, chunksize=64))
+
+
+def cache_key(
+    samples: Sequence[Sample],
+    size: int,
+    *,
+    digests: dict[str, str] | None = None,
+    max_megapixels: float | None = None,
+) -> str:
+    """Hash of the files' contents, in dataset order, and the decoder's settings.
+
+    Content, not size and mtime: an image replaced by another with the same size and mtime
+    still gets a new key. The scan's SHA-256 digests are used when given (``digests``, by
+    path), so only files it did not hash are read here.
+    """
+    h = hashlib.sha256(json.dumps(decoder_settings(size, max_megapixels), sort_keys=True).encode())
+    for digest in file_digests([p for p, _ in samples], digests):
+        h.update(f"{digest}\n".encode())
     return h.hexdigest()[:20]
 
 
+def _load_verified(target: Path, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The memory-mapped cache file when its SHA-256 matches its sidecar, else ``None``.
+
+    A file corrupted in place keeps a valid header, so shape checks alone would serve its
+    wrong pixels; hashing it is one read pass, which also warms the page cache for training.
+    """
+    sidecar = target.with_suffix(".json")
+    try:
+        expected = json.loads(sidecar.read_text())["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # no checksum (a crash between the two writes): decode again
+    try:
+        if file_sha256(target) != expected:
+            rank_zero_warn(f"lit_vision: cache file {target} fails its checksum (corrupted); decoding again")
+            return None
+        arr = np.load(target, mmap_mode="r")
+    except (OSError, ValueError):
+        return None  # unreadable or truncated by a crash: decode again and replace it
+    return arr if arr.shape == shape and arr.dtype == np.uint8 else None
+
+
 def cached_decode(
-    samples: Sequence[Sample], size: int, cache_dir: str | Path | None, *, name: str = ""
+    samples: Sequence[Sample],
+    size: int,
+    cache_dir: str | Path | None,
+    *,
+    name: str = "",
+    digests: dict[str, str] | None = None,
+    max_megapixels: float | None = None,
 ) -> np.ndarray:
     """Decoded ``(N, size, size, 3)`` uint8 images, from ``cache_dir`` when a valid file is there.
 
-    The first run decodes (in parallel) and writes ``NAME-SIZEpx-KEY.npy`` atomically (a
-    temporary file, then ``os.replace``), so processes starting together (DDP ranks) never
-    read a half-written file; later runs memory-map it and start at once. Without
-    ``cache_dir``, or when it is not writable, the images are decoded in memory only.
+    The first run decodes (in parallel) and writes ``NAME-SIZEpx-KEY.npy`` and its SHA-256
+    in ``NAME-SIZEpx-KEY.json`` atomically (temporary files, then ``os.replace``), so
+    processes starting together (DDP ranks) never read a half-written file; later runs check
+    the file against its SHA-256 and memory-map it. The key covers the files' contents and
+    the decoder's settings (:func:`cache_key`). Without ``cache_dir``, or when it is not
+    writable, the images are decoded in memory only.
 
     Args:
         samples: ``(path, class_index)`` pairs, in dataset order.
         size: Square side the images are resized to.
         cache_dir: Folder for the cache file, or ``None`` for no disk cache.
         name: Prefix of the file name (the split).
+        digests: SHA-256 of the files by path (the scan's), so they are not read again.
+        max_megapixels: ``load_image``'s limit.
     """
     paths = [p for p, _ in samples]
     if cache_dir is None:
-        return decode_all(paths, size, desc=name)
+        return decode_all(paths, size, desc=name, max_megapixels=max_megapixels)
     cache_dir = Path(cache_dir)
     prefix = f"{name or 'images'}-{size}px-"
-    target = cache_dir / f"{prefix}{cache_key(samples, size)}.npy"
+    key = cache_key(samples, size, digests=digests, max_megapixels=max_megapixels)
+    target = cache_dir / f"{prefix}{key}.npy"
     if target.is_file():
-        try:
-            arr = np.load(target, mmap_mode="r")
-            if arr.shape == (len(samples), size, size, 3) and arr.dtype == np.uint8:
-                return arr
-        except (OSError, ValueError):
-            pass  # unreadable or truncated by a crash: decode again and replace it
-    arr = decode_all(paths, size, desc=name)
+        cached = _load_verified(target, (len(samples), size, size, 3))
+        if cached is not None:
+            return cached
+    arr = decode_all(paths, size, desc=name, max_megapixels=max_megapixels)
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = cache_dir / f".{prefix}{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp.npy"
+        tmp_sum = tmp.with_suffix(".json")
         try:
             np.save(tmp, arr)
+            tmp_sum.write_text(json.dumps({"sha256": file_sha256(tmp)}))
+            # The array first: a reader seeing it before its checksum decodes again, never
+            # trusts it unchecked.
             os.replace(tmp, target)
+            os.replace(tmp_sum, target.with_suffix(".json"))
         finally:
             tmp.unlink(missing_ok=True)
+            tmp_sum.unlink(missing_ok=True)
         for stale in cache_dir.glob(f"{prefix}*.npy"):
             if stale != target:
                 stale.unlink(missing_ok=True)  # an older version of these files
+                stale.with_suffix(".json").unlink(missing_ok=True)
     except OSError as err:
         rank_zero_warn(f"lit_vision: not caching decoded images in {cache_dir}: {err}")
     return arr
@@ -159,6 +273,7 @@ class ImageDataset(Dataset):
         image_size: Side of the square the images are resized to.
         transform: Albumentations pipeline applied per sample (uint8 HWC in and out).
         cache: Optional pre-decoded ``(N, H, W, 3)`` uint8 array aligned with ``samples``.
+        max_megapixels: ``load_image``'s limit when decoding per sample.
     """
 
     def __init__(
@@ -167,8 +282,10 @@ class ImageDataset(Dataset):
         image_size: int,
         transform: A.Compose | None = None,
         cache: np.ndarray | None = None,
+        max_megapixels: float | None = None,
     ) -> None:
         self.samples = list(samples)
+        self.max_megapixels = max_megapixels
         self.image_size = image_size
         self.transform = transform
         self.cache = cache
@@ -183,7 +300,12 @@ class ImageDataset(Dataset):
             if self.transform is not None and self.transform.transforms:
                 self.transform.set_random_seed(seed)
         path, target = self.samples[i]
-        image = self.cache[i] if self.cache is not None else load_image(path, self.image_size)
+        if self.cache is not None:
+            image = self.cache[i]
+        else:
+            # A file that turned bad after the scan raises ImageDecodeError, which keeps its
+            # type and one-line message through a loader worker (see ImageDecodeError).
+            image = load_image(path, self.image_size, max_megapixels=self.max_megapixels)
         image = apply(self.transform, image)
         if not image.flags.writeable:  # a row of the read-only memmapped disk cache
             image = image.copy()
@@ -271,6 +393,8 @@ class ImageFolderDataModule(L.LightningDataModule):
             two splits (leakage). Splits that are cached are checked while decoding.
         on_bad: What a bad image file does: ``error`` stops with a list of the files; ``skip``
             leaves them out, logs them and counts them (``skipped``).
+        max_megapixels: Largest image decoded, in millions of pixels; larger files are bad
+            files (a decode holds the whole image in memory).
     """
 
     def __init__(
@@ -294,6 +418,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         predict_root: str | Path | None = None,
         scan: bool = True,
         on_bad: Literal["error", "skip"] = "error",
+        max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
     ) -> None:
         super().__init__()
         # Plain strings in the checkpoint's hyperparameters: a Path is a pickled object, which
@@ -333,6 +458,9 @@ class ImageFolderDataModule(L.LightningDataModule):
         self.on_bad = on_bad
         self.scan_report: ScanReport | None = None
         self.skipped: list[str] = []  # image files left out by on_bad="skip"
+        self.max_megapixels = max_megapixels
+        self.digests: dict[str, str] = {}  # SHA-256 by path from the scans: the cache's key
+        self._hidden_logged: set[str] = set()
 
     @property
     def num_classes(self) -> int:
@@ -349,7 +477,15 @@ class ImageFolderDataModule(L.LightningDataModule):
         split_dir = self.root / split
         if not split_dir.is_dir():
             return []
-        samples = list_samples(split_dir, self.classes)
+        hidden: list[str] = []
+        samples = list_samples(split_dir, self.classes, hidden)
+        if hidden and self.scan_report is None and split not in self._hidden_logged:
+            # Without a scan nothing else says so (a scan lists them among its warnings).
+            self._hidden_logged.add(split)
+            rank_zero_warn(
+                f"lit_vision data: ignored {len(hidden)} image(s) in hidden files/folders under {split_dir}, "
+                f"such as {hidden[0]}"
+            )
         if self.skipped:
             skip = set(self.skipped)
             samples = [s for s in samples if s[0] not in skip]
@@ -377,7 +513,8 @@ class ImageFolderDataModule(L.LightningDataModule):
         size = self._resolve_image_size()
         cached = None
         if self._use_cache(len(samples)):
-            cached = cached_decode(samples, size, self.cache_dir if self.disk_cache else None, name=split)
+            cached = cached_decode(samples, size, self.cache_dir if self.disk_cache else None, name=split,
+                                   digests=self.digests, max_megapixels=self.max_megapixels)
         augment = dict(
             hflip=self.hparams.hflip,
             vflip=self.hparams.vflip,
@@ -395,7 +532,7 @@ class ImageFolderDataModule(L.LightningDataModule):
             if train
             else eval_transforms()
         )
-        self.datasets[split] = ImageDataset(samples, size, transform, cached)
+        self.datasets[split] = ImageDataset(samples, size, transform, cached, self.max_megapixels)
         return self.datasets[split]
 
     def setup(self, stage: str) -> None:
@@ -414,9 +551,15 @@ class ImageFolderDataModule(L.LightningDataModule):
                 raise DataError(f"no images in {self.root / 'test'} (needed by `test`)")
         elif stage == "predict":
             if self.predict_root is not None:
-                files = sorted(str(p) for p in self.predict_root.rglob("*") if is_image_file(p))
+                found = [p for p in sorted(self.predict_root.rglob("*")) if p.is_file()]
+                files = [str(p) for p in found if is_image_file(p, root=self.predict_root)]
+                hidden = [str(p) for p in found if is_hidden_image(p, self.predict_root)]
+                if hidden:
+                    rank_zero_warn(f"lit_vision data: ignored {len(hidden)} image(s) in hidden files/folders "
+                                   f"under {self.predict_root}, such as {hidden[0]}")
                 self.datasets["predict"] = ImageDataset(
-                    [(f, -1) for f in files], self._resolve_image_size(), eval_transforms()
+                    [(f, -1) for f in files], self._resolve_image_size(), eval_transforms(),
+                    max_megapixels=self.max_megapixels,
                 )
             else:
                 ds = self._build("test", train=False) or self._build("val", train=False)
@@ -454,11 +597,13 @@ class ImageFolderDataModule(L.LightningDataModule):
                 return "none"  # hashed for the leakage check, decoded when its stage runs
             return "verify" if self._use_cache(n) else "full"  # the cache decodes fully anyway
 
-        self.scan_report = scan_dataset(self.root, decode=mode, size=size)
+        limit = self.max_megapixels
+        self.scan_report = scan_dataset(self.root, decode=mode, size=size, max_megapixels=limit)
         if self.scan_report.errors and any(mode(s, n) == "verify" for s, n in self.scan_report.images.items()):
             # Something is wrong anyway: decode fully now so the list of bad files is complete.
             self.scan_report = scan_dataset(self.root, decode=lambda s, n: "full" if s in needed else "none",
-                                            size=size)
+                                            size=size, max_megapixels=limit)
+        self.digests.update(self.scan_report.digests)
         self._apply_scan(self.scan_report)
 
     def _apply_scan(self, report: ScanReport) -> None:
@@ -488,7 +633,9 @@ class ImageFolderDataModule(L.LightningDataModule):
         except ImageDecodeError:
             if not self.scan:
                 raise
-        report = scan_dataset(self.root, [split], decode="full", size=self._resolve_image_size())
+        report = scan_dataset(self.root, [split], decode="full", size=self._resolve_image_size(),
+                              max_megapixels=self.max_megapixels)
+        self.digests.update(report.digests)
         if report.ok:  # a file that failed once but reads now (e.g. written meanwhile): retry
             return self._build(split, train)
         self._apply_scan(report)
