@@ -60,3 +60,13 @@ def test_compare_two_cnns_ranks_and_reports(tmp_path: Path, split_tree: Path) ->
     md = (out / "compare.md").read_text()
     assert f"Winner: **{ok[0]['name']}**" in md and "| 1 | " in md and "failed" in md
     assert (out / "compare.png").stat().st_size > 1000
+
+
+def test_compare_refuses_a_typo_before_training(tmp_path: Path, split_tree: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """An option compare passes on to every fit is checked once, up front: one line, exit 2."""
+    rc = main(["compare", "--data.root", str(split_tree), "--configs", CONFIG, "--out", str(tmp_path / "c"),
+               "--trainer.max_epocs", "1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: compare: ") and "max_epocs" in err and err.count("\n") == 1
+    assert not (tmp_path / "c" / "tb").exists()

@@ -72,7 +72,8 @@ class LitVisionCLI(LightningCLI):
         )
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.add_lightning_class_args(FaultTolerance, "fault_tolerance")
-        parser.set_defaults({"lr_monitor.logging_interval": "epoch"})
+        # None: at the scheduler's own interval, so a per-step warm-up shows in TensorBoard.
+        parser.set_defaults({"lr_monitor.logging_interval": None})
         parser.add_lightning_class_args(InsightCallback, "insight")
         parser.add_lightning_class_args(RunSummary, "run_summary")
         parser.add_argument(
@@ -144,16 +145,22 @@ class LitVisionCLI(LightningCLI):
             track_setup_time(self.datamodule)
 
 
-    def _instantiate_trainer(self, config: dict, callbacks: list) -> Trainer:
-        # Atomic checkpoint writes unless the user brought their own CheckpointIO.
-        plugins = config.get("plugins") or []
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """The trainer, with atomic checkpoint writes and no LR monitor when nothing logs.
+
+        Atomic writes (``AtomicCheckpointIO``) unless the user brought their own CheckpointIO;
+        ``LearningRateMonitor`` refuses to run without a logger, so ``--trainer.logger false``
+        drops it instead of failing.
+        """
+        config = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        plugins = config["trainer"].get("plugins") or []
         plugins = list(plugins) if isinstance(plugins, list | tuple) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):
-            config["plugins"] = [*plugins, AtomicCheckpointIO()]
-        if config.get("logger") in (False, None, []):
-            # LearningRateMonitor refuses to run without a logger: nothing to log the LR to.
-            callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-        return super()._instantiate_trainer(config, callbacks)
+            kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
+        trainer = super().instantiate_trainer(**kwargs)
+        if not trainer.loggers:
+            trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, LearningRateMonitor)]
+        return trainer
 
 
 def resolve_ckpt_last(config: Namespace, subcommand: str | None) -> None:
@@ -187,14 +194,25 @@ TRAINER_DEFAULTS = {
 }
 
 
-def build_cli(args: ArgsType, **kwargs: Any) -> LitVisionCLI:
+class ParseOnlyCLI(LitVisionCLI):
+    """Parses and checks a command line like :class:`LitVisionCLI`, then builds nothing."""
+
+    def before_instantiate_classes(self) -> None:
+        """Nothing to prepare: nothing is built."""
+
+    def instantiate_classes(self) -> None:
+        """Build nothing: the parse (every option and config key checked) is the point."""
+
+
+def build_cli(args: ArgsType, cli_class: type[LitVisionCLI] = LitVisionCLI, **kwargs: Any) -> LitVisionCLI:
     """A ``LitVisionCLI`` with lit_vision's model/data modes and trainer defaults.
 
     Args:
         args: Command-line arguments (``None`` reads ``sys.argv``).
+        cli_class: The CLI class (:class:`ParseOnlyCLI` checks a command line without running it).
         **kwargs: Further ``LightningCLI`` arguments (``run=False``, ``save_config_callback``...).
     """
-    return LitVisionCLI(
+    return cli_class(
         model_class=LightningModule,
         datamodule_class=LightningDataModule,
         subclass_mode_model=True,

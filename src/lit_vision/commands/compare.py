@@ -16,8 +16,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from jsonargparse import ArgumentError
 
-from lit_vision.cli import build_cli
+from lit_vision.cli import ParseOnlyCLI, build_cli
+from lit_vision.errors import ConfigError, config_error_line
 from lit_vision.figures import plt
 from lit_vision.insight import InsightCallback
 from lit_vision.report import environment_info, render_markdown
@@ -112,6 +114,22 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=+\-]", "_", name)
 
 
+def check_fit_options(config: str, root: str, options: list[str]) -> None:
+    """Parse ``fit``'s options once, before any training: a typo fails the comparison at once.
+
+    The options compare does not know itself go to every run's ``fit``; LightningCLI's parser
+    checks them here, building nothing.
+
+    Raises:
+        ConfigError: One line naming the option.
+    """
+    args = ["--config", config, f"--data.root={root}", *options]
+    try:
+        build_cli(args, cli_class=ParseOnlyCLI, run=False, parser_kwargs={"exit_on_error": False})
+    except ArgumentError as err:
+        raise ConfigError(f"compare: {config_error_line(str(err))}") from None
+
+
 def budget_args(max_epochs: int | None, max_time: str | None) -> list[str]:
     """Trainer options for the shared budget."""
     out = []
@@ -152,7 +170,7 @@ def run_experiment(exp: Experiment, root: str, out: Path, common: list[str], lat
             f"--trainer.logger.init_args.save_dir={out / 'tb'}", f"--trainer.logger.init_args.name={exp.name}",
             *common]
     print(f"compare: {exp.name}: lit-vision {shlex.join(args)}", flush=True)
-    cli = build_cli(args, save_config_kwargs={"overwrite": True})
+    cli = build_cli(args, save_config_kwargs={"overwrite": True}, parser_kwargs={"exit_on_error": False})
     trainer, model, dm = cli.trainer, cli.model, cli.datamodule
     ck = trainer.checkpoint_callback
     best = getattr(ck, "best_model_path", "") or None
@@ -364,6 +382,7 @@ def main(args: list[str]) -> int:
     for e in experiments:
         if not Path(e.config).is_file():
             raise FileNotFoundError(f"compare: config {e.config} not found")
+    check_fit_options(experiments[0].config, opts.root, budget_args(opts.max_epochs, opts.max_time) + extra)
     ranked = compare(experiments, opts.root, out=opts.out, max_epochs=opts.max_epochs, max_time=opts.max_time,
                      rank_by=opts.rank_by, latency_runs=opts.latency_runs, extra=extra)
     return 0 if any(r.status == "ok" for r in ranked) else 1
