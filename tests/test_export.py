@@ -39,7 +39,7 @@ class TimmClassifier(ImageClassifier):
         class_names: list[str] | None = None,
         backbone: str = "efficientnet_lite0",
     ) -> None:
-        super().__init__(num_classes, class_names, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+        super().__init__(num_classes, class_names=class_names, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
         self.save_hyperparameters()
         self.net = timm.create_model(backbone, pretrained=False, num_classes=num_classes)
 

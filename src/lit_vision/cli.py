@@ -83,6 +83,8 @@ class LitVisionCLI(LightningCLI):
             help="Scale the configured learning rates with the effective batch: k = world size x "
             "accumulate_grad_batches; linear (x k), sqrt (x sqrt(k)) or none.",
         )
+        # A model init argument, so the checkpoint records the rule; --scale_lr stays the flag.
+        parser.link_arguments("scale_lr", "model.init_args.scale_lr", apply_on="parse")
         parser.add_argument(
             "--cpu_bf16",
             type=bool,
@@ -138,7 +140,6 @@ class LitVisionCLI(LightningCLI):
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
         config = self.config[self.subcommand] if self.subcommand else self.config
-        self.model.scale_lr = config.get("scale_lr") or "none"  # read in configure_optimizers
         # DataModule.setup runs before any callback hook, so the report's data-preparation
         # time is measured by wrapping it here.
         if self.datamodule is not None:

@@ -16,17 +16,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import albumentations as A
 import numpy as np
 import torch
 from torch import nn
 
 from lit_vision.models import ImageClassifier
-from lit_vision.predict import InferenceSpec, collect_inputs, decode_file, load_classifier
+from lit_vision.predict import collect_inputs, decode_file, load_classifier
+from lit_vision.spec import INPUT_NAME, InferenceSpec, preprocessing_contract
 from lit_vision.errors import ExportError
 
 Format = Literal["onnx", "torchscript", "safetensors"]
-INPUT_NAME = "images"
 OUTPUT_NAMES = ("probs", "logits")
 # File name of each format's file, given the export's NAME (also used to remove stale files).
 SUFFIXES: dict[str, str] = {
@@ -50,39 +49,6 @@ class ExportWrapper(nn.Module):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.model(images).float()
         return logits.softmax(dim=1), logits
-
-
-def preprocessing_contract(spec: InferenceSpec) -> dict[str, Any]:
-    """The JSON written beside an export: what the caller must feed and what comes out."""
-    s = spec.image_size
-    return {
-        "format": "lit_vision-export/1",
-        "model_class": spec.model_class,
-        "class_names": spec.class_names,
-        "num_classes": len(spec.class_names),
-        "image_size": s,
-        "mean": spec.mean,
-        "std": spec.std,
-        "input": {
-            "name": INPUT_NAME,
-            "dtype": "uint8",
-            "range": [0, 255],
-            "layout": "NCHW",
-            "channels": "RGB",
-            "shape": ["batch", 3, s, s],
-        },
-        "preprocessing": {
-            "decode": "8-bit RGB; EXIF orientation applied; alpha composited on white; "
-            "16-bit scaled to 8-bit (lit_vision.images.load_image)",
-            "resize": f"bilinear (PIL) to {s}x{s}, aspect ratio not kept, no crop",
-            "normalisation": "inside the model: (x / 255 - mean) / std; do NOT normalise outside",
-            "eval_transform": A.to_dict(spec.transform),
-        },
-        "outputs": {
-            "probs": "softmax class probabilities, (batch, num_classes), float32",
-            "logits": "raw class scores, (batch, num_classes), float32",
-        },
-    }
 
 
 def export_onnx(

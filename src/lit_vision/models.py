@@ -13,8 +13,11 @@ from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
-from lit_vision.distributed import ScaleLR, broadcast_buffers, lr_scale_factor, scale_learning_rates
+from lit_vision.distributed import ScaleLR, broadcast_buffers
+from lit_vision.finetune import FreezeSchedule
 from lit_vision.networks import Pooling, SimpleCNN, TransferNet
+from lit_vision.optim import build_optimization
+from lit_vision.spec import CHECKPOINT_KEY, inference_spec
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -33,9 +36,14 @@ def _stage_metrics(num_classes: int, prefix: str) -> MetricCollection:
 class ImageClassifier(L.LightningModule):
     """The shared classification system: normalisation, loss, metrics, optimizer, schedule.
 
-    Subclasses set ``self.net`` (an ``nn.Module`` mapping normalised images to logits).
-    ``forward`` takes uint8 (0-255) or float (0-1) RGB batches, NCHW, so a checkpoint or an
-    export needs no preprocessing beyond resizing.
+    A template: ``__init__`` saves every constructor argument of the concrete class as
+    hyperparameters (but the optimizer and scheduler factories), then calls
+    :meth:`configure_network` for ``self.net`` (an ``nn.Module`` mapping normalised images to
+    logits). Subclasses declare their own arguments keyword-only, pass the base ones on by
+    keyword and override ``configure_network`` (reading ``self.hparams``); a subclass that sets
+    ``self.net`` itself after ``super().__init__()`` works too. ``forward`` takes uint8 (0-255)
+    or float (0-1) RGB batches, NCHW, so a checkpoint or an export needs no preprocessing
+    beyond resizing.
 
     Args:
         num_classes: Number of classes (linked from the DataModule by the CLI).
@@ -45,8 +53,8 @@ class ImageClassifier(L.LightningModule):
             left unset (``OneCycleLR``, ``WarmupCosineLR``) get the run's optimizer steps and
             are stepped per batch; others are stepped per epoch.
         label_smoothing: Cross-entropy label smoothing.
-        mean: Per-channel normalisation mean (0-1 scale).
-        std: Per-channel normalisation std (0-1 scale).
+        mean: Per-channel normalisation mean (0-1 scale); ``None``: :meth:`default_normalization`.
+        std: Per-channel normalisation std (0-1 scale); ``None``: :meth:`default_normalization`.
         channels_last: Run convolutions in channels-last memory format (faster on CPU and
             tensor-core GPUs).
         input_norm: ``dataset`` subtracts ``mean`` and divides by ``std``; ``image``
@@ -54,11 +62,14 @@ class ImageClassifier(L.LightningModule):
             very bright photos of road signs; ignores ``mean``/``std``).
         compile: Run the network through ``torch.compile`` (first steps are slow while it
             compiles; checkpoints are unchanged).
+        scale_lr: Scale the learning rates with the effective batch (``lr_scale_factor``):
+            ``none``, ``linear`` or ``sqrt``. Saved with the hyperparameters.
     """
 
     def __init__(
         self,
         num_classes: int,
+        *,
         class_names: Sequence[str] | None = None,
         optimizer: OptimizerCallable = torch.optim.Adam,
         scheduler: LRSchedulerCallable | None = None,
@@ -68,8 +79,11 @@ class ImageClassifier(L.LightningModule):
         channels_last: bool = True,
         input_norm: Literal["dataset", "image"] = "dataset",
         compile: bool = False,
+        scale_lr: ScaleLR = "none",
     ) -> None:
         super().__init__()
+        # Collects the arguments of every __init__ on the way here, the subclass's included.
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.num_classes = num_classes
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
         if len(self.class_names) != num_classes:
@@ -80,8 +94,12 @@ class ImageClassifier(L.LightningModule):
         self.channels_last = channels_last
         self.input_norm = input_norm
         self.compile = compile
-        self.register_buffer("mean", torch.tensor(mean or IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std or IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        net = self.configure_network()
+        if net is not None:
+            self.net = net
+        default_mean, default_std = self.default_normalization()
+        self.register_buffer("mean", torch.tensor(mean or default_mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std or default_std).view(1, 3, 1, 1), persistent=False)
         self.train_metrics = _stage_metrics(num_classes, "train/")
         self.val_metrics = _stage_metrics(num_classes, "val/")
         self.test_metrics = _stage_metrics(num_classes, "test/")
@@ -89,13 +107,35 @@ class ImageClassifier(L.LightningModule):
         # weights, whereas self.log(sync_dist=True) floors the integer sample count when DDP
         # ranks hold unequal val shares (Lightning issue #21859), inflating val/loss.
         self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
-        self.net: nn.Module
+
+    def configure_network(self) -> nn.Module | None:
+        """The network (``self.net``), built from ``self.hparams``; called by ``__init__``.
+
+        Returns:
+            The network, or ``None`` when the subclass sets ``self.net`` itself.
+        """
+        return None
+
+    def default_normalization(self) -> tuple[Sequence[float], Sequence[float]]:
+        """Mean and std used when the config gives none (after :meth:`configure_network`).
+
+        Returns:
+            ImageNet's mean and std; a pretrained backbone overrides this with its own.
+        """
+        return IMAGENET_MEAN, IMAGENET_STD
 
     # Preferred input side for the DataModule when ``data.image_size`` is not set.
     default_image_size: int | None = None
 
-    # LR scaling with the effective batch (``--scale_lr``, set by the CLI); see lr_scale_factor.
-    scale_lr: ScaleLR = "none"
+    @property
+    def scale_lr(self) -> ScaleLR:
+        """The LR scaling rule (the ``scale_lr`` hyperparameter; ``none`` when absent)."""
+        return self.hparams.get("scale_lr", "none")
+
+    @scale_lr.setter
+    def scale_lr(self, rule: ScaleLR) -> None:
+        # Kept in hparams, so a rule set after construction is the one the checkpoint records.
+        self.hparams["scale_lr"] = rule
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 0-255 or float 0-1 images to normalised float, in the model's memory format."""
@@ -157,73 +197,19 @@ class ImageClassifier(L.LightningModule):
         normalisation and the eval transform; ``lit_vision.predict.load_classifier`` reads it
         without the training config or data.
         """
-        checkpoint[CHECKPOINT_KEY] = inference_spec(self)
+        trainer = self._trainer
+        datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
+        checkpoint[CHECKPOINT_KEY] = inference_spec(self, datamodule).to_checkpoint()
 
     def param_groups(self) -> list[dict[str, Any]]:
         """Parameter groups for the optimizer; subclasses split backbone and head."""
         return [{"params": [p for p in self.parameters() if p.requires_grad]}]
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(self.param_groups())
-        if self.scale_lr != "none" and self._trainer is not None:
-            # Before the scheduler is built, so its base LRs are the scaled ones.
-            trainer = self.trainer
-            scale_learning_rates(
-                optimizer, lr_scale_factor(self.scale_lr, trainer.world_size, trainer.accumulate_grad_batches)
-            )
-        if self.scheduler_factory is None:
-            return optimizer
-        kwargs = getattr(self.scheduler_factory, "keywords", {})
-        if "total_steps" in kwargs and kwargs["total_steps"] is None and not kwargs.get("epochs"):
-            total = int(self.trainer.estimated_stepping_batches)
-            scheduler = self.scheduler_factory(optimizer, total_steps=total)
-            interval = "step"
-        else:
-            scheduler = self.scheduler_factory(optimizer)
-            interval = "epoch"
-        config = {"scheduler": scheduler, "interval": interval}
-        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            config["monitor"] = "val/loss"
-        return {"optimizer": optimizer, "lr_scheduler": config}
-
-
-CHECKPOINT_KEY = "lit_vision"
-
-
-def inference_spec(model: ImageClassifier) -> dict[str, Any]:
-    """The preprocessing contract of a model: class names, input size, mean/std, eval transform.
-
-    The input size and eval transform come from the attached trainer's DataModule when there
-    is one (what the model was trained and validated on), else from the model's
-    ``default_image_size`` and the identity transform.
-    """
-    import albumentations as A
-
-    from lit_vision.transforms import eval_transforms
-
-    trainer = model._trainer
-    datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
-    image_size = getattr(datamodule, "image_size", None) or model.default_image_size
-    datasets = getattr(datamodule, "datasets", None) or {}
-    val = datasets.get("val", datasets.get("test"))
-    transform = getattr(val, "transform", None)
-    if transform is None:
-        transform = eval_transforms()
-    dm_hparams = dict(getattr(datamodule, "hparams", None) or {})
-    return {
-        "format": 1,
-        "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
-        "class_names": list(model.class_names),
-        "image_size": int(image_size) if image_size else None,
-        "mean": [float(v) for v in model.mean.flatten()],
-        "std": [float(v) for v in model.std.flatten()],
-        "eval_transform": A.to_dict(transform),
-        # The model normalises inside forward: feed decoded, resized RGB pixels as they are.
-        "input": {"dtype": "uint8", "range": [0, 255], "layout": "NCHW", "channels": "RGB",
-                  "resize": "bilinear to image_size x image_size, aspect ratio not kept"},
-        "train_flips": {"hflip": bool(dm_hparams.get("hflip", False)),
-                        "vflip": bool(dm_hparams.get("vflip", False))},
-    }
+        """The configured optimizer over ``param_groups()``, LR scaling, and the schedule."""
+        return build_optimization(
+            self.optimizer_factory, self.scheduler_factory, self.param_groups(), self._trainer, self.scale_lr
+        )
 
 
 class CNNClassifier(ImageClassifier):
@@ -248,11 +234,13 @@ class CNNClassifier(ImageClassifier):
         channels_last: Channels-last memory format.
         input_norm: ``dataset`` (mean/std) or per-``image`` standardisation.
         compile: Compile the network with ``torch.compile``.
+        scale_lr: Scale the learning rates with the effective batch (``none``/``linear``/``sqrt``).
     """
 
     def __init__(
         self,
         num_classes: int,
+        *,
         class_names: Sequence[str] | None = None,
         channels: Sequence[int] = (32, 64, 128),
         convs_per_block: int = 2,
@@ -270,52 +258,31 @@ class CNNClassifier(ImageClassifier):
         channels_last: bool = True,
         input_norm: Literal["dataset", "image"] = "dataset",
         compile: bool = False,
+        scale_lr: ScaleLR = "none",
     ) -> None:
         super().__init__(
-            num_classes, class_names, optimizer, scheduler, label_smoothing, mean, std, channels_last, input_norm,
-            compile,
+            num_classes, class_names=class_names, optimizer=optimizer, scheduler=scheduler,
+            label_smoothing=label_smoothing, mean=mean, std=std, channels_last=channels_last,
+            input_norm=input_norm, compile=compile, scale_lr=scale_lr,
         )
-        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
-        self.net = SimpleCNN(
-            num_classes,
-            channels=channels,
-            convs_per_block=convs_per_block,
-            batch_norm=batch_norm,
-            block_dropout=block_dropout,
-            pooling=pooling,
-            pool_grid=pool_grid,
-            hidden=hidden,
-            dropout=dropout,
+
+    def configure_network(self) -> SimpleCNN:
+        """The ``SimpleCNN`` the hyperparameters describe."""
+        hp = self.hparams
+        return SimpleCNN(
+            hp.num_classes, channels=hp.channels, convs_per_block=hp.convs_per_block,
+            batch_norm=hp.batch_norm, block_dropout=hp.block_dropout, pooling=hp.pooling,
+            pool_grid=hp.pool_grid, hidden=hp.hidden, dropout=hp.dropout,
         )
 
 
-class TransferClassifier(ImageClassifier):
+class TransferClassifier(FreezeSchedule, ImageClassifier):
     """A pretrained timm backbone with a fresh head: head only first, then the backbone too.
 
-    **Schedule.** Epochs ``< freeze_epochs`` train only the head, at the optimizer's ``lr``;
-    later epochs also train the backbone (or only its last ``unfreeze_blocks`` blocks) at
-    ``backbone_lr`` (default ``lr * backbone_lr_scale``). The phase is a pure function of
-    ``current_epoch``, applied in ``on_train_epoch_start``, so a run resumed from any checkpoint
-    continues in the right phase. Frozen parameters get ``requires_grad=False``: autograd then
-    records nothing through a frozen backbone (head-only epochs cost a forward pass), their
-    ``.grad`` stays ``None``, and optimizers skip them - weight decay and momentum included, so
-    frozen weights stay bitwise unchanged. Frozen BatchNorm layers stay in eval mode (running
-    statistics untouched); by default (``train_bn=False``) all backbone BatchNorm stays in eval
-    mode after unfreezing too (Keras's fine-tuning advice): with batches of 32, switching to
-    batch statistics cut val acc from 0.97 to 0.93 on cats/dogs and 0.95 to 0.81 on cracks.
-
-    **One optimizer from the start.** ``param_groups()`` returns the head and the *whole*
-    backbone as two groups (``name`` "head"/"backbone", shown by the LR monitor), so
-    schedulers (``WarmupCosineLR`` keeps the ratio), checkpoints and DDP never see the
-    optimizer change (Lightning's ``BackboneFinetuning`` adds groups mid-run, #12141, and
-    re-freezes on resume, #21901).
-
-    **DDP.** DDP registers the parameters that require grad when it wraps the model; ones frozen
-    before that are never synchronised after unfreezing (Lightning #20340). Here every parameter
-    requires grad until the first ``on_train_epoch_start``, which runs after wrapping, so all are
-    registered; and since frozen ones then produce no gradient, ``setup()`` switches the DDP
-    strategy to ``find_unused_parameters=True`` (globally unused parameters are marked ready and
-    their ``.grad`` left ``None``). ``static_graph=True`` is refused: the used set changes.
+    Epochs ``< freeze_epochs`` train only the head; later ones the backbone too (or its last
+    ``unfreeze_blocks`` blocks) at ``backbone_lr``, with one optimizer of two groups from the
+    start and BatchNorm kept in eval mode: ``lit_vision.finetune`` says how and why (resume,
+    DDP). ``compile``, ``input_norm`` and ``scale_lr`` work as for every ``ImageClassifier``.
 
     Loading a checkpoint rebuilds the backbone first; pass ``pretrained=False`` to
     ``load_from_checkpoint`` to skip fetching weights the checkpoint replaces anyway.
@@ -345,11 +312,15 @@ class TransferClassifier(ImageClassifier):
         mean: Normalisation mean; ``None`` takes the backbone's pretrained config.
         std: Normalisation std; ``None`` takes the backbone's pretrained config.
         channels_last: Channels-last memory format.
+        input_norm: ``dataset`` (mean/std) or per-``image`` standardisation.
+        compile: Compile the network with ``torch.compile``.
+        scale_lr: Scale the learning rates with the effective batch (``none``/``linear``/``sqrt``).
     """
 
     def __init__(
         self,
         num_classes: int,
+        *,
         class_names: Sequence[str] | None = None,
         backbone: str = "efficientnet_lite0",
         pretrained: bool = True,
@@ -369,19 +340,16 @@ class TransferClassifier(ImageClassifier):
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         channels_last: bool = True,
+        input_norm: Literal["dataset", "image"] = "dataset",
+        compile: bool = False,
+        scale_lr: ScaleLR = "none",
     ) -> None:
-        net = TransferNet(
-            backbone, num_classes, pooling=pooling, hidden=hidden, dropout=dropout,
-            pretrained=pretrained, weights=weights, weights_path=weights_path,
-        )
-        data = net.data_config()
         super().__init__(
-            num_classes, class_names, optimizer, scheduler, label_smoothing,
-            mean or data["mean"], std or data["std"], channels_last,
+            num_classes, class_names=class_names, optimizer=optimizer, scheduler=scheduler,
+            label_smoothing=label_smoothing, mean=mean, std=std, channels_last=channels_last,
+            input_norm=input_norm, compile=compile, scale_lr=scale_lr,
         )
-        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
-        self.net = net
-        self.default_image_size = int(data["input_size"][-1])
+        self.default_image_size = int(self.net.data_config()["input_size"][-1])
         self.freeze_epochs = freeze_epochs
         self.unfreeze_blocks = unfreeze_blocks
         self.backbone_lr = backbone_lr
@@ -389,79 +357,15 @@ class TransferClassifier(ImageClassifier):
         self.train_bn = train_bn
         self.phase: int | None = None  # set by apply_phase(); None until training starts
 
-    # -- schedule ---------------------------------------------------------------------------
-    def phase_for(self, epoch: int) -> int:
-        """0 (head only) before ``freeze_epochs``, 1 (backbone too) from then on."""
-        return 0 if epoch < self.freeze_epochs else 1
+    def configure_network(self) -> TransferNet:
+        """The timm backbone (with its weights) and a fresh head, as the hyperparameters say."""
+        hp = self.hparams
+        return TransferNet(
+            hp.backbone, hp.num_classes, pooling=hp.pooling, hidden=hp.hidden, dropout=hp.dropout,
+            pretrained=hp.pretrained, weights=hp.weights, weights_path=hp.weights_path,
+        )
 
-    def trainable_backbone(self, phase: int) -> list[nn.Parameter]:
-        """Backbone parameters that train in ``phase``."""
-        if phase == 0 or self.unfreeze_blocks == 0:
-            return []
-        if self.unfreeze_blocks is None:
-            return list(self.net.features.parameters())
-        return [p for g in self.net.groups()[-self.unfreeze_blocks:] for p in g]
-
-    def apply_phase(self, epoch: int) -> int:
-        """Set ``requires_grad`` and BatchNorm modes for ``epoch``; idempotent. Returns the phase."""
-        self.phase = self.phase_for(epoch)
-        train = {id(p) for p in self.trainable_backbone(self.phase)}
-        for p in self.net.features.parameters():
-            p.requires_grad_(id(p) in train)
-        for p in self.net.head.parameters():
-            p.requires_grad_(True)
-        self.train(self.training)
-        return self.phase
-
-    def train(self, mode: bool = True) -> TransferClassifier:
-        """``nn.Module.train``, keeping frozen parts of the backbone in eval mode."""
-        super().train(mode)
-        if mode and getattr(self, "phase", None) is not None:
-            if self.phase == 0:
-                self.net.features.eval()
-            else:
-                for m in self.net.features.modules():
-                    if isinstance(m, nn.modules.batchnorm._BatchNorm) and (
-                        not self.train_bn or not any(p.requires_grad for p in m.parameters(recurse=False))
-                    ):
-                        m.eval()
-        return self
-
-    def num_trainable(self) -> int:
-        """Parameters that currently require grad."""
-        return sum(p.numel() for p in self.parameters() if p.requires_grad)
-
-    def on_train_epoch_start(self) -> None:
-        phase = self.apply_phase(self.current_epoch)
-        # Same on every rank; sync_dist only keeps Lightning's DDP warning quiet.
-        self.log("train/phase", float(phase), on_step=False, on_epoch=True, sync_dist=True)
-        self.log("train/trainable_params", float(self.num_trainable()), on_step=False, on_epoch=True, sync_dist=True)
-
-    def setup(self, stage: str) -> None:
-        """Before DDP wraps the model: let it tolerate parameters frozen for a while."""
-        from lightning.pytorch.strategies import DDPStrategy
-
-        strategy = self.trainer.strategy if self._trainer is not None else None
-        toggles = self.freeze_epochs > 0 or self.unfreeze_blocks is not None
-        if stage == "fit" and toggles and isinstance(strategy, DDPStrategy):
-            kwargs = strategy._ddp_kwargs
-            if kwargs.get("static_graph"):
-                raise ValueError("TransferClassifier freezes parameters for some epochs: DDP static_graph must be false")
-            if not kwargs.get("find_unused_parameters"):
-                kwargs["find_unused_parameters"] = True
-                from lightning.pytorch.utilities import rank_zero_info
-
-                rank_zero_info("lit_vision: DDP find_unused_parameters=True (frozen backbone epochs)")
-
-    # -- optimizer --------------------------------------------------------------------------
-    def head_lr(self) -> float:
-        """The optimizer factory's learning rate (built once on a dummy tensor to read it)."""
-        return float(self.optimizer_factory([torch.zeros(1, requires_grad=True)]).defaults["lr"])
-
-    def param_groups(self) -> list[dict[str, Any]]:
-        """Head and whole backbone as two groups from the start (frozen ones get no grads)."""
-        lr = self.backbone_lr if self.backbone_lr is not None else self.head_lr() * self.backbone_lr_scale
-        return [
-            {"params": list(self.net.head.parameters()), "name": "head"},
-            {"params": list(self.net.features.parameters()), "lr": lr, "name": "backbone"},
-        ]
+    def default_normalization(self) -> tuple[Sequence[float], Sequence[float]]:
+        """The backbone's pretrained mean and std (timm's data config)."""
+        data = self.net.data_config()
+        return data["mean"], data["std"]

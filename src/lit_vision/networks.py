@@ -1,46 +1,47 @@
-"""Plain nn.Modules (no Lightning): the scratch SimpleCNN, with ``features`` and ``head``."""
+"""Plain nn.Modules (no Lightning): features + pool + head; timm layers where they exist."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
-import torch.nn.functional as F
+from timm.layers import SelectAdaptivePool2d
 from torch import nn
 
-Pooling = Literal["avg", "max", "avgmax"]
+# timm's names: ``avgmax`` is the mean of average and max pooling, ``catavgmax`` their
+# concatenation (twice the features). Checkpoints from before the rename say ``avgmax`` for
+# the concatenation; ``predict.load_classifier`` rebuilds those with ``catavgmax``.
+Pooling = Literal["avg", "max", "avgmax", "catavgmax"]
+POOLINGS: tuple[str, ...] = get_args(Pooling)
 
 
-class GlobalPool(nn.Module):
-    """Average, max, or concatenated average+max pooling to a flat vector.
+class GlobalPool(SelectAdaptivePool2d):
+    """timm's ``SelectAdaptivePool2d`` to a flat vector, globally or over a grid.
 
-    ``grid=1`` is global pooling; ``grid=g`` pools to a g x g grid and flattens it, keeping
-    coarse layout (left arrow vs right arrow) like Keras' ``Flatten`` does, whatever the
-    input size.
+    ``grid=1`` is global pooling (timm's ``fast`` variants: a mean/amax over the map);
+    ``grid=g`` pools to a g x g grid and flattens it, keeping coarse layout (left arrow vs
+    right arrow) like Keras' ``Flatten`` does, whatever the input size. For ``catavgmax`` the
+    output is all the average features, then all the max ones.
+
+    Args:
+        kind: ``avg``, ``max``, ``avgmax`` (their mean) or ``catavgmax`` (concatenated).
+        grid: Side of the pooled grid (1: global pooling).
     """
 
     def __init__(self, kind: Pooling = "avg", grid: int = 1) -> None:
-        super().__init__()
+        if kind not in POOLINGS:
+            raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, not {kind!r}")
+        if grid < 1:
+            raise ValueError(f"pool_grid must be at least 1, not {grid}")
+        super().__init__(output_size=grid, pool_type=f"fast{kind}" if grid == 1 else kind, flatten=True)
         self.kind = kind
         self.grid = grid
 
     @property
     def multiplier(self) -> int:
         """How many times the channel count the output has."""
-        return (2 if self.kind == "avgmax" else 1) * self.grid**2
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.grid == 1:
-            avg, mx = (lambda t: t.mean((2, 3))), (lambda t: t.amax((2, 3)))
-        else:
-            avg = lambda t: F.adaptive_avg_pool2d(t, self.grid).flatten(1)  # noqa: E731
-            mx = lambda t: F.adaptive_max_pool2d(t, self.grid).flatten(1)  # noqa: E731
-        if self.kind == "avg":
-            return avg(x)
-        if self.kind == "max":
-            return mx(x)
-        return torch.cat([avg(x), mx(x)], dim=1)
+        return (2 if self.kind == "catavgmax" else 1) * self.grid**2
 
 
 def classifier_head(

@@ -10,7 +10,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,8 +20,9 @@ import torch
 
 from lit_vision.checkpoints import CheckpointError, model_class, model_kwargs, read_checkpoint
 from lit_vision.images import ImageDecodeError, is_image_file, load_image
-from lit_vision.models import CHECKPOINT_KEY, ImageClassifier
-from lit_vision.transforms import apply, eval_transforms
+from lit_vision.models import ImageClassifier
+from lit_vision.spec import CHECKPOINT_KEY, InferenceSpec
+from lit_vision.transforms import apply
 from lit_vision.errors import OutputExistsError
 
 TTA = Literal["none", "hflip", "auto"]
@@ -32,27 +33,6 @@ TTA = Literal["none", "hflip", "auto"]
 NO_PRETRAINED: dict[str, Any] = {"pretrained": False, "weights": None, "weights_path": None}
 
 
-@dataclass
-class InferenceSpec:
-    """What inference needs besides the weights: the checkpoint's ``lit_vision`` entry.
-
-    Args:
-        class_names: Class names in label order.
-        image_size: Square input side the images are resized to.
-        mean: Normalisation mean (applied inside the model; recorded for exports).
-        std: Normalisation std (applied inside the model; recorded for exports).
-        transform: Eval pipeline applied after decoding and resizing (uint8 HWC).
-        model_class: Import path of the LightningModule class.
-        train_flips: Flips used in training (``hflip``/``vflip``), which decide ``tta="auto"``.
-    """
-
-    class_names: list[str]
-    image_size: int
-    mean: list[float]
-    std: list[float]
-    transform: A.Compose
-    model_class: str
-    train_flips: dict[str, bool] = field(default_factory=dict)
 
 
 def load_classifier(
@@ -87,39 +67,51 @@ def load_classifier(
     meta = ckpt.get(CHECKPOINT_KEY) or {}
     hparams = ckpt.get("hyper_parameters") or {}
     cls = model_class(ckpt, path, ImageClassifier, trust_class)
-    class_path = f"{cls.__module__}.{cls.__qualname__}"
     if not hparams:
         raise CheckpointError(
             f"{path}: no hyperparameters saved (call save_hyperparameters in {cls.__name__})"
         )
-    # The state dict overwrites every weight: skip fetching pretrained ones while rebuilding.
-    try:
-        model = cls(**model_kwargs(cls, hparams, **NO_PRETRAINED))
-        model.load_state_dict(ckpt["state_dict"], strict=True)
-    except (TypeError, ValueError, RuntimeError, KeyError) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"checkpoint {path} does not rebuild a {cls.__name__}: {reason}") from None
+    model = _rebuild(cls, hparams, ckpt["state_dict"], path)
     if meta.get("mean") and meta.get("std"):
         # mean/std buffers are not in the state dict; the recorded values are the contract.
         model.mean.copy_(torch.tensor(meta["mean"]).view_as(model.mean))
         model.std.copy_(torch.tensor(meta["std"]).view_as(model.std))
     model.eval().to(device)
-    size = image_size or meta.get("image_size") or model.default_image_size
-    if not size:
+    spec = InferenceSpec.from_checkpoint(
+        meta, model, f"{cls.__module__}.{cls.__qualname__}", image_size=image_size
+    )
+    if not spec.image_size:
         raise CheckpointError(f"{path} records no image size; pass --image_size")
-    transform = (
-        A.from_dict(meta["eval_transform"]) if meta.get("eval_transform") else eval_transforms()
-    )
-    spec = InferenceSpec(
-        class_names=list(meta.get("class_names") or model.class_names),
-        image_size=int(size),
-        mean=[float(v) for v in model.mean.flatten()],
-        std=[float(v) for v in model.std.flatten()],
-        transform=transform,
-        model_class=class_path,
-        train_flips=dict(meta.get("train_flips") or {}),
-    )
     return model, spec
+
+
+def _rebuild(
+    cls: type[ImageClassifier], hparams: dict[str, Any], state_dict: dict[str, Any], path: str | Path
+) -> ImageClassifier:
+    """Call ``cls`` with the saved plain hyperparameters and load the state dict (strict).
+
+    Checkpoints written before ``pooling: catavgmax`` existed say ``avgmax`` for the
+    concatenation (timm's ``avgmax`` is the mean): when ``avgmax`` weights do not fit, the
+    model is rebuilt once with ``catavgmax``.
+
+    Raises:
+        CheckpointError: The class refuses the hyperparameters or the weights do not fit.
+    """
+    # The state dict overwrites every weight: skip fetching pretrained ones while rebuilding.
+    attempts = [hparams]
+    if hparams.get("pooling") == "avgmax":
+        attempts.append({**hparams, "pooling": "catavgmax"})
+    errors: list[Exception] = []
+    for kwargs in attempts:
+        try:
+            model = cls(**model_kwargs(cls, kwargs, **NO_PRETRAINED))
+            model.load_state_dict(state_dict, strict=True)
+            return model
+        except (TypeError, ValueError, RuntimeError, KeyError) as err:
+            errors.append(err)
+    err = errors[0]  # the checkpoint's own hyperparameters give the telling reason
+    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    raise CheckpointError(f"checkpoint {path} does not rebuild a {cls.__name__}: {reason}") from None
 
 
 @dataclass

@@ -1,0 +1,128 @@
+"""Fine-tuning a pretrained backbone: head only first, then the backbone too, with one optimizer.
+
+**Schedule.** Epochs ``< freeze_epochs`` train only the head, at the optimizer's ``lr``; later
+epochs also train the backbone (or only its last ``unfreeze_blocks`` blocks) at ``backbone_lr``
+(default ``lr * backbone_lr_scale``). The phase is a pure function of ``current_epoch``,
+applied in ``on_train_epoch_start``, so a run resumed from any checkpoint continues in the
+right phase. Frozen parameters get ``requires_grad=False``: autograd then records nothing
+through a frozen backbone (head-only epochs cost a forward pass), their ``.grad`` stays
+``None``, and optimizers skip them - weight decay and momentum included, so frozen weights stay
+bitwise unchanged. Frozen BatchNorm layers stay in eval mode (running statistics untouched); by
+default (``train_bn=False``) all backbone BatchNorm stays in eval mode after unfreezing too
+(Keras's fine-tuning advice): with batches of 32, switching to batch statistics cut val acc
+from 0.97 to 0.93 on cats/dogs and 0.95 to 0.81 on cracks.
+
+**One optimizer from the start.** ``param_groups()`` returns the head and the *whole* backbone
+as two groups (``name`` "head"/"backbone", shown by the LR monitor), so schedulers
+(``WarmupCosineLR`` keeps the ratio), checkpoints and DDP never see the optimizer change
+(Lightning's ``BackboneFinetuning`` adds groups mid-run, #12141, and re-freezes on resume,
+#21901).
+
+**DDP.** DDP registers the parameters that require grad when it wraps the model; ones frozen
+before that are never synchronised after unfreezing (Lightning #20340). Here every parameter
+requires grad until the first ``on_train_epoch_start``, which runs after wrapping, so all are
+registered; and since frozen ones then produce no gradient, ``setup()`` switches the DDP
+strategy to ``find_unused_parameters=True`` (globally unused parameters are marked ready and
+their ``.grad`` left ``None``). ``static_graph=True`` is refused: the used set changes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.utilities import rank_zero_info
+from torch import nn
+
+from lit_vision.optim import optimizer_lr
+
+
+class FreezeSchedule:
+    """The schedule above, mixed into a LightningModule whose ``net`` is a ``TransferNet``.
+
+    The class that mixes it in sets ``net`` (``features``, ``head``, ``groups()``),
+    ``optimizer_factory`` and the schedule's settings below.
+    """
+
+    net: Any
+    optimizer_factory: Any
+    freeze_epochs: int
+    unfreeze_blocks: int | None
+    backbone_lr: float | None
+    backbone_lr_scale: float
+    train_bn: bool
+    phase: int | None
+
+    # -- schedule ---------------------------------------------------------------------------
+    def phase_for(self, epoch: int) -> int:
+        """0 (head only) before ``freeze_epochs``, 1 (backbone too) from then on."""
+        return 0 if epoch < self.freeze_epochs else 1
+
+    def trainable_backbone(self, phase: int) -> list[nn.Parameter]:
+        """Backbone parameters that train in ``phase``."""
+        if phase == 0 or self.unfreeze_blocks == 0:
+            return []
+        if self.unfreeze_blocks is None:
+            return list(self.net.features.parameters())
+        return [p for g in self.net.groups()[-self.unfreeze_blocks:] for p in g]
+
+    def apply_phase(self, epoch: int) -> int:
+        """Set ``requires_grad`` and BatchNorm modes for ``epoch``; idempotent. Returns the phase."""
+        self.phase = self.phase_for(epoch)
+        train = {id(p) for p in self.trainable_backbone(self.phase)}
+        for p in self.net.features.parameters():
+            p.requires_grad_(id(p) in train)
+        for p in self.net.head.parameters():
+            p.requires_grad_(True)
+        self.train(self.training)
+        return self.phase
+
+    def train(self, mode: bool = True) -> Any:
+        """``nn.Module.train``, keeping frozen parts of the backbone in eval mode."""
+        super().train(mode)
+        if mode and getattr(self, "phase", None) is not None:
+            if self.phase == 0:
+                self.net.features.eval()
+            else:
+                for m in self.net.features.modules():
+                    if isinstance(m, nn.modules.batchnorm._BatchNorm) and (
+                        not self.train_bn or not any(p.requires_grad for p in m.parameters(recurse=False))
+                    ):
+                        m.eval()
+        return self
+
+    def num_trainable(self) -> int:
+        """Parameters that currently require grad."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def on_train_epoch_start(self) -> None:
+        """Apply the epoch's phase and log it with the trainable parameter count."""
+        phase = self.apply_phase(self.current_epoch)
+        # Same on every rank; sync_dist only keeps Lightning's DDP warning quiet.
+        self.log("train/phase", float(phase), on_step=False, on_epoch=True, sync_dist=True)
+        self.log("train/trainable_params", float(self.num_trainable()), on_step=False, on_epoch=True, sync_dist=True)
+
+    def setup(self, stage: str) -> None:
+        """Before DDP wraps the model: let it tolerate parameters frozen for a while."""
+        strategy = self.trainer.strategy if self._trainer is not None else None
+        toggles = self.freeze_epochs > 0 or self.unfreeze_blocks is not None
+        if stage == "fit" and toggles and isinstance(strategy, DDPStrategy):
+            kwargs = strategy._ddp_kwargs
+            if kwargs.get("static_graph"):
+                raise ValueError("TransferClassifier freezes parameters for some epochs: DDP static_graph must be false")
+            if not kwargs.get("find_unused_parameters"):
+                kwargs["find_unused_parameters"] = True
+                rank_zero_info("lit_vision: DDP find_unused_parameters=True (frozen backbone epochs)")
+
+    # -- optimizer --------------------------------------------------------------------------
+    def head_lr(self) -> float:
+        """The optimizer factory's learning rate, read from its arguments (``optimizer_lr``)."""
+        return optimizer_lr(self.optimizer_factory)
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Head and whole backbone as two groups from the start (frozen ones get no grads)."""
+        lr = self.backbone_lr if self.backbone_lr is not None else self.head_lr() * self.backbone_lr_scale
+        return [
+            {"params": list(self.net.head.parameters()), "name": "head"},
+            {"params": list(self.net.features.parameters()), "lr": lr, "name": "backbone"},
+        ]
