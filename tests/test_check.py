@@ -10,8 +10,9 @@ import pytest
 from conftest import make_split_tree, write_images
 from PIL import Image
 
-from lit_vision.check import scan_dataset
+import lit_vision.progress
 from lit_vision.__main__ import main, run_command
+from lit_vision.check import scan_dataset
 from lit_vision.data import DataError, ImageFolderDataModule
 
 
@@ -123,6 +124,19 @@ def test_clean_tree_has_no_findings(split_tree: Path) -> None:
     report = scan_dataset(split_tree)
     assert report.ok and not report.findings
     assert report.images == {"train": 24, "val": 12, "test": 12}
+
+
+def test_scan_progress_bar_on_large_datasets_only(
+    split_tree: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scan_dataset(split_tree, decode="none")
+    assert "scanning" not in capsys.readouterr().err  # 48 files: below the threshold
+    monkeypatch.setattr(lit_vision.progress, "MIN_FILES", 48)
+    scan_dataset(split_tree, decode="none")
+    out, err = capsys.readouterr()
+    assert "scanning" in err and not out
+    scan_dataset(split_tree, decode="none", show_progress=False)
+    assert capsys.readouterr() == ("", "")
 
 
 def test_check_command(tmp_path: Path, split_tree: Path, capsys: pytest.CaptureFixture) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import make_raw_tree, write_images
 
+import lit_vision.progress
 from lit_vision.split import MANIFEST, SplitError, split_dataset, verify_split
 
 
@@ -133,3 +134,22 @@ def test_bad_arguments(tmp_path: Path, kwargs: dict, match: str) -> None:
 def test_missing_source(tmp_path: Path) -> None:
     with pytest.raises(SplitError, match="not a folder"):
         split_dataset(tmp_path / "nope", tmp_path / "out", quiet=True)
+
+
+def test_progress_bars_on_large_splits_only_and_never_quiet(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    raw = make_raw_tree(tmp_path / "raw", classes=2, per_class=4)
+    split_dataset(raw, tmp_path / "small", val=0.25)
+    assert "copying" not in capsys.readouterr().err  # 8 files: below the threshold, no bar
+    monkeypatch.setattr(lit_vision.progress, "MIN_FILES", 8)  # as if the tree were large
+    split_dataset(raw, tmp_path / "big", val=0.25)
+    out, err = capsys.readouterr()
+    assert "copying" in err and "verifying" in err and "copying" not in out
+    split_dataset(raw, tmp_path / "big", verify=True)
+    assert "verifying" in capsys.readouterr().err
+    split_dataset(raw, tmp_path / "hard", val=0.25, link="hardlink")
+    assert "linking" in capsys.readouterr().err
+    split_dataset(raw, tmp_path / "quiet", val=0.25, quiet=True)
+    split_dataset(raw, tmp_path / "quiet", verify=True, quiet=True)
+    assert capsys.readouterr() == ("", "")

@@ -15,6 +15,7 @@ import pytest
 from conftest import make_raw_tree, write_images
 
 import lit_vision.split as split_mod
+import lit_vision.split_lock as split_lock
 from lit_vision.split import LOCK, MANIFEST, SplitError, split_dataset, verify_split
 
 
@@ -205,6 +206,32 @@ def test_failed_run_releases_the_lock_and_resumes(tmp_path: Path, monkeypatch: p
     assert len(_one_split_each(dst)) == 10 and not (dst / LOCK).exists()
 
 
+def test_verify_creates_no_lock_file_and_keeps_a_stale_one(tmp_path: Path) -> None:
+    raw = make_raw_tree(tmp_path / "raw", classes=2, per_class=4)
+    dst = tmp_path / "out"
+    split_dataset(raw, dst, val=0.25, quiet=True)
+    assert not (dst / LOCK).exists()
+    split_dataset(raw, dst, verify=True, quiet=True)
+    assert not (dst / LOCK).exists()  # --verify writes nothing
+    (dst / LOCK).write_text("")  # left by a killed run: locked by nobody
+    split_dataset(raw, dst, verify=True, quiet=True)
+    assert (dst / LOCK).read_text() == ""
+
+
+def test_lock_held_in_this_process_refuses_a_second_split(tmp_path: Path) -> None:
+    raw = make_raw_tree(tmp_path / "raw", classes=2, per_class=4)
+    dst = tmp_path / "out"
+    dst.mkdir()
+    with split_lock.locked(dst):
+        for kwargs in ({}, {"verify": True}):
+            with pytest.raises(SplitError, match="is being written by another split right now") as info:
+                split_dataset(raw, dst, val=0.25, quiet=True, **kwargs)
+            assert "\n" not in str(info.value)
+    assert not (dst / LOCK).exists()  # removed on the way out (filelock itself keeps the file)
+    split_dataset(raw, dst, val=0.25, quiet=True)
+    assert verify_split(raw, dst) == []
+
+
 @pytest.mark.parametrize("kind", ["dangling link", "file"])
 @pytest.mark.parametrize("mode", [{}, {"resume": True}, {"verify": True}])
 def test_dst_that_cannot_be_a_folder(tmp_path: Path, kind: str, mode: dict) -> None:
@@ -224,8 +251,10 @@ def test_messages_name_the_real_option_spelling(tmp_path: Path) -> None:
     raw = make_raw_tree(tmp_path / "raw", classes=2, per_class=3)
     with pytest.raises(SplitError, match="^--group_regex '\\(\\[' is not a valid regex"):
         split_dataset(raw, tmp_path / "out", group_regex="([", quiet=True)
-    source = Path(split_mod.__file__).read_text()
-    assert re.findall(r"--[a-z]+-[a-z-]+", source) == []  # options are --group_regex, --follow_symlinks, ...
+    package = Path(split_mod.__file__).parent
+    for name in ("split", "source", "split_plan", "split_verify", "split_resume", "split_lock"):
+        source = (package / f"{name}.py").read_text()
+        assert re.findall(r"--[a-z]+-[a-z-]+", source) == [], name  # options are --group_regex, ...
 
 
 def test_hidden_images_are_left_out_and_counted(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -21,6 +21,7 @@ from lit_vision.images import (
     is_image_file,
     load_image,
 )
+from lit_vision.progress import progress
 
 SPLITS = ("train", "val", "test")
 Severity = Literal["error", "warning"]
@@ -248,6 +249,7 @@ def scan_dataset(
     size: int = 64,
     workers: int | None = None,
     max_megapixels: float | None = None,
+    show_progress: bool = True,
 ) -> ScanReport:
     """Scan ``ROOT/{train,val,test}/CLASS/*`` for everything that would break or bias training.
 
@@ -264,6 +266,8 @@ def scan_dataset(
         workers: Threads; default ``min(8, cpu count)``.
         max_megapixels: The decoder's size limit (``load_image``); larger images are
             unreadable.
+        show_progress: A progress bar on stderr while files are checked and hashed, shown
+            only for large datasets (``progress.MIN_FILES`` files or more).
 
     Returns:
         The report; it never raises for a bad file.
@@ -291,7 +295,8 @@ def scan_dataset(
 
     workers = workers or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(workers) as pool:
-        results = list(pool.map(_one, jobs, chunksize=32))
+        results = list(progress(pool.map(_one, jobs, chunksize=32), len(jobs), "scanning",
+                                enabled=show_progress))
 
     by_hash: dict[str, list[tuple[str, str, str]]] = defaultdict(list)
     for (split, path, label, _), (digest, problem) in zip(jobs, results, strict=True):
