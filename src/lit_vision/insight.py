@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import functools
 import time
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from torchmetrics.classification import MulticlassConfusionMatrix
 
-from lit_vision import figures
+from lit_vision.evaluation import EvalCollector, log_figures
 from lit_vision.report import evaluation_from_confusion, top_confusions, write_report
 from lit_vision.runinfo import (
     checkpoint_info,
@@ -24,7 +21,10 @@ from lit_vision.runinfo import (
     model_info,
     now,
     run_info,
+    track_setup_time,
 )
+
+__all__ = ["LAYOUT", "InsightCallback", "track_setup_time"]  # track_setup_time: used by the CLI
 
 # Train and val curves on shared axes (TensorBoard's CUSTOM SCALARS tab; tags are regexes).
 LAYOUT = {
@@ -36,88 +36,6 @@ LAYOUT = {
         "phase (transfer: frozen/unfrozen)": ["Multiline", [r"^train/phase$"]],
     }
 }
-
-
-def track_setup_time(datamodule: L.LightningDataModule) -> None:
-    """Time every ``datamodule.setup(stage)`` call into ``datamodule.setup_seconds[stage]``.
-
-    Lightning calls ``DataModule.setup`` before any callback hook, so the timing has to wrap
-    the method itself; the CLI does this for every DataModule it builds. Idempotent.
-
-    Args:
-        datamodule: The DataModule whose ``setup`` gets wrapped.
-    """
-    if getattr(datamodule.setup, "_lv_timed", False):
-        return
-    original = datamodule.setup
-    datamodule.setup_seconds = {}
-
-    @functools.wraps(original)
-    def timed(stage: str, *args: Any, **kwargs: Any) -> Any:
-        t0 = time.perf_counter()
-        try:
-            return original(stage, *args, **kwargs)
-        finally:
-            seconds = time.perf_counter() - t0
-            datamodule.setup_seconds[stage] = datamodule.setup_seconds.get(stage, 0.0) + seconds
-
-    timed._lv_timed = True
-    datamodule.setup = timed
-
-
-class WorstMistakes:
-    """The ``k`` most confidently wrong images (highest loss) of one evaluation epoch.
-
-    Args:
-        k: How many to keep (0: none).
-    """
-
-    def __init__(self, k: int) -> None:
-        self.k = k
-        self.items: list[tuple[float, np.ndarray, int, int, float]] = []  # loss, image, true, pred, conf
-
-    def add(self, images: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> None:
-        """Keep the batch's worst mistakes if they are worse than those kept so far."""
-        if self.k <= 0:
-            return
-        probs = logits.detach().float().softmax(dim=1)
-        conf, pred = probs.max(dim=1)
-        wrong = (pred != targets).nonzero().flatten()
-        if len(wrong) == 0:
-            return
-        loss = -probs[wrong, targets[wrong]].clamp_min(1e-12).log()
-        for j in loss.argsort(descending=True)[: self.k].tolist():
-            i = int(wrong[j])
-            self.items.append((float(loss[j]), images[i].detach().cpu().numpy(), int(targets[i]),
-                               int(pred[i]), float(conf[i])))
-        self.items = sorted(self.items, key=lambda w: -w[0])[: self.k]
-
-
-class _LogitsTap:
-    """Keeps the module's last forward output, for steps that do not return ``{"logits": ...}``."""
-
-    def __init__(self) -> None:
-        self.handle: Any = None
-        self.logits: torch.Tensor | None = None
-
-    def attach(self, module: torch.nn.Module) -> None:
-        if self.handle is None:
-            self.handle = module.register_forward_hook(self._hook)
-
-    def detach(self) -> None:
-        if self.handle is not None:
-            self.handle.remove()
-            self.handle = None
-
-    def _hook(self, module: torch.nn.Module, inputs: Any, output: Any) -> None:
-        # Evaluation forwards only: a training output would keep its autograd graph alive.
-        if not module.training:
-            self.logits = output if isinstance(output, torch.Tensor) else None
-
-    def take(self, outputs: Any) -> torch.Tensor | None:
-        logits = outputs.get("logits") if isinstance(outputs, dict) else None
-        logits, self.logits = (logits if logits is not None else self.logits), None
-        return logits
 
 
 class InsightCallback(Callback):
@@ -163,9 +81,7 @@ class InsightCallback(Callback):
         self.report_enabled = report
         self.hparams_enabled = hparams
         self.report: dict[str, Any] = {}
-        self._tap = _LogitsTap()
-        self._confusion: MulticlassConfusionMatrix | None = None
-        self._worst: WorstMistakes | None = None
+        self._eval = EvalCollector(worst_k)
         self._t: dict[str, float] = {}
         self._phase_now: str | None = None
         self._images_epoch = 0
@@ -181,43 +97,13 @@ class InsightCallback(Callback):
                            "history": [], "evaluation": {}}
         if stage not in self.report["run"]["stages"]:
             self.report["run"]["stages"].append(stage)
-        self._tap.attach(pl_module)
+        self._eval.attach(pl_module)
         if trainer.datamodule is not None:
             track_setup_time(trainer.datamodule)  # later stages in this process get timed even outside the CLI
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """Remove the forward hook."""
-        self._tap.detach()
-
-    def _start_eval(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._worst = None
-        if trainer.sanity_checking:
-            return
-        n = int(getattr(pl_module, "num_classes", 0) or len(getattr(pl_module, "class_names", None) or []))
-        if n and (self._confusion is None or self._confusion.num_classes != n):
-            self._confusion = MulticlassConfusionMatrix(n)
-        if self._confusion is not None:
-            self._confusion = self._confusion.to(pl_module.device)
-            self._confusion.reset()
-        self._worst = WorstMistakes(self.worst_k if trainer.global_rank == 0 else 0)
-
-    def _batch_end(self, outputs: Any, batch: Any) -> None:
-        logits = self._tap.take(outputs)
-        if self._worst is None or logits is None or not isinstance(batch, (list, tuple)) or len(batch) < 2:
-            return
-        if self._confusion is None:  # a module without num_classes: one process only
-            self._confusion = MulticlassConfusionMatrix(logits.shape[1]).to(logits.device)
-        self._confusion.update(logits.detach(), batch[1])
-        self._worst.add(batch[0], logits, batch[1])
-
-    def _confusion_matrix(self, trainer: L.Trainer) -> np.ndarray | None:
-        # compute() gathers over all processes: every rank gets here, after the same batches.
-        metric = self._confusion
-        if metric is None or (trainer.world_size == 1 and metric.update_count == 0):
-            return None
-        cm = metric.compute().cpu().numpy().astype(np.int64)
-        metric.reset()
-        return cm if cm.sum() > 0 else None
+        self._eval.detach()
 
     # ----------------------------------------------------------------- fit
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -299,12 +185,12 @@ class InsightCallback(Callback):
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Reset the confusion matrix and the worst mistakes."""
-        self._start_eval(trainer, pl_module)
+        self._eval.start(trainer, pl_module)
 
     def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
                                 batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         """Count the batch's predictions."""
-        self._batch_end(outputs, batch)
+        self._eval.batch_end(outputs, batch)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Book validation time, record the epoch's metrics, draw the figures when due."""
@@ -348,12 +234,12 @@ class InsightCallback(Callback):
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Reset the confusion matrix and the worst mistakes."""
-        self._start_eval(trainer, pl_module)
+        self._eval.start(trainer, pl_module)
 
     def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
                           batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         """Count the batch's predictions."""
-        self._batch_end(outputs, batch)
+        self._eval.batch_end(outputs, batch)
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Book test time, draw the figures, write the report."""
@@ -392,30 +278,17 @@ class InsightCallback(Callback):
 
     def _evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str, when: str,
                   figures_due: bool) -> None:
-        worst, self._worst = self._worst, None
-        cm = self._confusion_matrix(trainer)
-        if cm is None:
+        result = self._eval.result(trainer, pl_module)
+        if result is None:
             return
-        n = cm.shape[0]
-        names = [str(c) for c in (getattr(pl_module, "class_names", None) or [])]
-        names = names if len(names) == n else [str(i) for i in range(n)]
+        cm, names, worst = result
         ev = evaluation_from_confusion(cm, names)
         ev.update(when=when, top_confusions=top_confusions(cm, names), confusion_matrix=cm.tolist())
         self.report["evaluation"][stage] = ev
         loggers = self._tb_loggers(trainer)
-        if not (self.figures and figures_due and loggers):
-            return
-        figs = {f"{stage}/confusion_matrix": figures.confusion_matrix_figure(cm, names, f"{stage} {when}")}
-        if self.worst_k > 0 and worst is not None:
-            w = worst.items
-            figs[f"{stage}/worst_misclassified"] = figures.worst_images_figure(
-                [x[1] for x in w], [x[2] for x in w], [x[3] for x in w], [x[4] for x in w], names,
-                f"{stage} {when}: {len(w)} worst misclassified (true / predicted, confidence)")
-        step = trainer.current_epoch if stage == "val" else trainer.global_step
-        for tag, fig in figs.items():
-            for logger in loggers:
-                logger.experiment.add_figure(tag, fig, global_step=step, close=False)
-            figures.plt.close(fig)
+        if self.figures and figures_due and loggers:
+            step = trainer.current_epoch if stage == "val" else trainer.global_step
+            log_figures(loggers, stage, f"{stage} {when}", step, cm, names, worst if self.worst_k > 0 else None)
 
     def _finish(self, trainer: L.Trainer, pl_module: L.LightningModule, status: str) -> None:
         # trainer.log_dir broadcasts from rank 0: every rank must ask, before the rank check.

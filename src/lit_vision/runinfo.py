@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import sys
+import time
 from collections.abc import Sequence
 from datetime import datetime
 from importlib import metadata
@@ -205,3 +207,30 @@ def checkpoint_info(ck: ModelCheckpoint, known: dict[str, Any]) -> dict[str, Any
     current = {"monitor": ck.monitor, "best": ck.best_model_path or None, "best_score": score,
                "last": ck.last_model_path or None}
     return {k: v if v is not None else known.get(k) for k, v in current.items()}
+
+
+def track_setup_time(datamodule: L.LightningDataModule) -> None:
+    """Time every ``datamodule.setup(stage)`` call into ``datamodule.setup_seconds[stage]``.
+
+    Lightning calls ``DataModule.setup`` before any callback hook, so the timing has to wrap
+    the method itself; the CLI does this for every DataModule it builds. Idempotent.
+
+    Args:
+        datamodule: The DataModule whose ``setup`` gets wrapped.
+    """
+    if getattr(datamodule.setup, "_lv_timed", False):
+        return
+    original = datamodule.setup
+    datamodule.setup_seconds = {}
+
+    @functools.wraps(original)
+    def timed(stage: str, *args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return original(stage, *args, **kwargs)
+        finally:
+            seconds = time.perf_counter() - t0
+            datamodule.setup_seconds[stage] = datamodule.setup_seconds.get(stage, 0.0) + seconds
+
+    timed._lv_timed = True
+    datamodule.setup = timed
