@@ -9,12 +9,12 @@ one JSON line: the variant, val/acc after each epoch, best, final, seconds.
       --out sweep.jsonl
   SHARD=0/6 python bench/recipe_sweep.py ... # run every 6th job (one process per shard)
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -23,20 +23,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
-try:
-    import albumentations  # noqa: F401
-except ImportError as e:  # a GPU box without albumentations: the batch-augmentation variants still run
-    import types
-
-    print("no albumentations:", e, flush=True)
-    fake = types.ModuleType("albumentations")
-    fake.Compose = fake.BasicTransform = object
-    sys.modules["albumentations"] = fake
-from lit_vision.data import decode_all, discover_classes, list_samples  # noqa: E402
-from lit_vision.models import CNNClassifier  # noqa: E402
-from lit_vision.schedulers import WarmupCosineLR  # noqa: E402
-from lit_vision.transforms import BatchAugment, train_transforms  # noqa: E402
+from lit_vision.data import decode_all, discover_classes, list_samples
+from lit_vision.models import CNNClassifier
+from lit_vision.schedulers import WarmupCosineLR
+from lit_vision.transforms import BatchAugment, train_transforms
 
 BASE = dict(epochs=15, lr=2e-3, wd=5e-4, bs=64, warm=0.05, wstart=0.1, final=0.01, aug="batch",
             channels=[32, 64, 128], cpb=2, bdrop=0.1, grid=4, hidden=256, drop=0.4, ls=0.1, norm="image",

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import inspect
 import json
 import os
 import platform
@@ -39,14 +38,13 @@ import numpy as np
 import psutil
 import torch
 import torch.nn.functional as F
-import yaml
+
+from lit_vision.cli import LitVisionCLI, build_cli, cpu_has_native_bf16
+from lit_vision.data import ImageFolderDataModule, decode_all, discover_classes, list_samples
+from lit_vision.models import ImageClassifier
+from lit_vision.split import split_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-
-from lit_vision.cli import cpu_has_native_bf16  # noqa: E402
-from lit_vision.data import ImageFolderDataModule, decode_all, discover_classes, list_samples  # noqa: E402
-from lit_vision.models import ImageClassifier  # noqa: E402
 
 # Each mode trains exactly what `fit --config` trains: the bench reads the config file.
 CONFIGS = {"gtsrb": ROOT / "configs" / "gtsrb_cnn.yaml", "catsdogs": ROOT / "configs" / "catsdogs_transfer.yaml"}
@@ -59,19 +57,27 @@ def import_class(path: str) -> Any:
 
 
 @functools.cache
-def experiment(mode: str) -> dict[str, Any]:
-    """The mode's config: model class and arguments, optimizer, schedule, image size, augmentation."""
-    cfg = yaml.safe_load(CONFIGS[mode].read_text())
-    model = dict(cfg["model"]["init_args"])
-    optimizer, scheduler = model.pop("optimizer"), model.pop("scheduler")
-    data = cfg["data"]["init_args"]
-    defaults = inspect.signature(ImageFolderDataModule).parameters
+def _configured(mode: str, data: str, channels_last: bool, transfer_phase: str) -> LitVisionCLI:
+    overrides = ["--model.init_args.channels_last", str(channels_last).lower()]
+    if mode == "catsdogs":  # the transfer model held in one phase: head only, or blocks unfrozen
+        overrides += ["--model.init_args.freeze_epochs", str(10**6 if transfer_phase == "frozen" else 0)]
+    return build_cli(["--config", str(CONFIGS[mode]), "--data.root", data, "--data.num_workers", "0",
+                      "--trainer.logger", "false", *overrides], run=False)
+
+
+def configured(args: argparse.Namespace) -> LitVisionCLI:
+    """``fit --config CONFIG --data.root DATA`` as the CLI resolves it: model and data built, not run."""
+    return _configured(args.mode, args.data, not args.no_channels_last, args.transfer_phase)
+
+
+def experiment(args: argparse.Namespace) -> dict[str, Any]:
+    """The mode's optimizer and schedule factories, image size and augmentation, from the CLI."""
+    cli = configured(args)
+    data = cli.config.data.init_args
     return {
-        "model_class": import_class(cfg["model"]["class_path"]), "model": model,
-        "optimizer": functools.partial(import_class(optimizer["class_path"]), **optimizer.get("init_args", {})),
-        "scheduler": functools.partial(import_class(scheduler["class_path"]), **scheduler.get("init_args", {})),
+        "optimizer": cli.model.optimizer_factory, "scheduler": cli.model.scheduler_factory,
         "image_size": data.get("image_size"),  # None: the model's own (a backbone's pretrained size)
-        "augment": {k: data.get(k, defaults[k].default) for k in AUGMENT_KEYS},
+        "augment": {k: data.get(k) for k in AUGMENT_KEYS},
     }
 
 
@@ -118,20 +124,15 @@ def build_model(args: argparse.Namespace, classes: list[str]) -> ImageClassifier
     """The LightningModule of the chosen mode (its ``forward`` is used by every phase)."""
     if args.model_class:
         return import_class(args.model_class)(num_classes=len(classes), class_names=classes)
-    exp = experiment(args.mode)
-    kwargs = dict(exp["model"])
-    if args.mode == "catsdogs":  # the transfer model held in one phase: head only, or blocks unfrozen
-        kwargs["freeze_epochs"] = 10**6 if args.transfer_phase == "frozen" else 0
-    model = exp["model_class"](len(classes), classes, optimizer=exp["optimizer"],
-                               scheduler=functools.partial(exp["scheduler"], total_steps=None),
-                               channels_last=not args.no_channels_last, **kwargs)
+    _configured.cache_clear()  # a fresh model each call, seeded by the CLI (seed_everything 0)
+    model = configured(args).model
     if hasattr(model, "apply_phase"):
         model.apply_phase(0)
     return model
 
 
 def image_size(args: argparse.Namespace, model: ImageClassifier) -> int:
-    return experiment(args.mode)["image_size"] or model.default_image_size
+    return experiment(args)["image_size"] or model.default_image_size
 
 
 # ---------------------------------------------------------------- phases
@@ -139,7 +140,7 @@ def naive_loaders(args: argparse.Namespace, model: ImageClassifier, with_val: bo
     from torchvision import datasets
     from torchvision import transforms as T
 
-    size, aug = image_size(args, model), experiment(args.mode)["augment"]
+    size, aug = image_size(args, model), experiment(args)["augment"]
     # The model's input normalisation, as a transform: per-image standardisation (gtsrb_cnn's
     # input_norm: image) or the model's mean/std.
     norm = (T.Lambda(lambda x: (x - x.mean()) / x.std().clamp_min(1 / 255)) if model.input_norm == "image"
@@ -168,8 +169,8 @@ def phase_naive(args: argparse.Namespace, tta: bool = False) -> dict[str, Any]:
     net = model.net  # the bare network: normalisation is in the transforms, NCHW memory format
     train, val = naive_loaders(args, model, with_val=tta)
     epochs = args.tta_epochs if tta else args.epochs
-    opt = experiment(args.mode)["optimizer"]([p for p in net.parameters() if p.requires_grad])
-    sched = experiment(args.mode)["scheduler"](opt, total_steps=len(train) * epochs)
+    opt = experiment(args)["optimizer"]([p for p in net.parameters() if p.requires_grad])
+    sched = experiment(args)["scheduler"](opt, total_steps=len(train) * epochs)
     ls = model.label_smoothing
     epoch_times, seen, history, reached = [], [], [], None
     for epoch in range(epochs):
@@ -213,7 +214,7 @@ def phase_memory(args: argparse.Namespace) -> dict[str, Any]:
     targets = torch.tensor([t for _, t in samples])
     model.configure_model()
     model.train()
-    opt = experiment(args.mode)["optimizer"]([p for p in model.parameters() if p.requires_grad])
+    opt = experiment(args)["optimizer"]([p for p in model.parameters() if p.requires_grad])
     bs, epoch_times, seen = args.batch_size, [], []
     for _ in range(args.epochs):
         perm = torch.randperm(len(targets))
@@ -237,7 +238,7 @@ def phase_memory(args: argparse.Namespace) -> dict[str, Any]:
 def lit_datamodule(args: argparse.Namespace, model: ImageClassifier, augment: str,
                    cache_dir: str) -> ImageFolderDataModule:
     return ImageFolderDataModule(args.data, image_size=image_size(args, model), batch_size=args.batch_size,
-                                 cache_dir=cache_dir, augment=augment, **experiment(args.mode)["augment"])
+                                 cache_dir=cache_dir, augment=augment, **experiment(args)["augment"])
 
 
 def phase_lit(args: argparse.Namespace, augment: str = "batch", tta: bool = False) -> dict[str, Any]:
@@ -324,8 +325,6 @@ def prepare_data(data: str, tmp: Path) -> str:
     root = Path(data)
     if (root / "train").is_dir() and (root / "val").is_dir():
         return str(root)
-    from lit_vision.split import split_dataset
-
     dst = tmp / "split"
     split_dataset(root, dst, val=0.15, seed=0, group_regex=r"^(\d+)_", quiet=True)
     return str(dst)

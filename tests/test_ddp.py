@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import subprocess
@@ -65,6 +66,11 @@ def test_ddp_two_cpu_processes_match_single_process(tmp_path: Path, monkeypatch:
     assert hparams["run/lr_per_group"] == pytest.approx([0.01])
 
     ddp_acc = _event_scalars(run, "val/acc")[-1]
+    # The run report's confusion matrix is synced over both ranks: every image counted once.
+    report = json.loads((run / "report.json").read_text())
+    assert report["evaluation"]["val"]["images"] == 15
+    assert report["evaluation"]["val"]["accuracy"] == pytest.approx(ddp_acc, abs=1e-6)
+    assert _event_scalars(run, "perf/train_images_per_sec")[-1] > 0  # one timer, all ranks
     assert round(ddp_acc * 15) == pytest.approx(ddp_acc * 15, abs=1e-4), "val/acc is not k/15"
 
     # The same weights evaluated in this one process give the same accuracy and loss

@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import REPO, make_raw_tree, make_split_tree
 
-from lit_vision.__main__ import main
+from lit_vision.__main__ import main, run_command
 from lit_vision.resume import (
     AtomicCheckpointIO,
     FaultTolerance,
@@ -104,7 +104,7 @@ def test_interrupted_run_resumes_bitwise(tmp_path: Path, resume_data, signal: st
 
 def test_ckpt_path_last_without_checkpoint(tmp_path: Path, split_tree: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no last.ckpt under"):
-        main(fit_args(split_tree, tmp_path, "--ckpt_path", "last"))
+        run_command(fit_args(split_tree, tmp_path, "--ckpt_path", "last"))
 
 
 def test_atomic_checkpoint_keeps_old_file_on_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -128,7 +128,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path, split_tre
     poison = "--trainer.callbacks+=" + json.dumps({"class_path": "faultinject.PoisonAt",
                                                    "init_args": {"epoch": 1, "batch": 1}})
     with pytest.raises(NonFiniteLossError, match=r"training loss is nan at epoch 1.*last good checkpoint"):
-        main(fit_args(split_tree, tmp_path, poison))
+        run_command(fit_args(split_tree, tmp_path, poison))
     last = find_last_checkpoint(tmp_path, "gtsrb_cnn")
     ckpt = torch.load(last, weights_only=False)
     assert ckpt["epoch"] == 0  # the epoch-0 checkpoint, not overwritten

@@ -207,9 +207,7 @@ def test_weights_path_loads_wrapped_checkpoints_and_rejects_mismatch(tmp_path):
 
 
 def test_pretrained_offline_falls_back_or_fails_in_one_line(monkeypatch, tmp_path):
-    import lit_vision.weights as w
-
-    monkeypatch.setattr(w, "hub_reachable", lambda *a, **k: False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # read at call time: cache-only, no retries
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     with pytest.raises(WeightsError) as err:
@@ -219,6 +217,31 @@ def test_pretrained_offline_falls_back_or_fails_in_one_line(monkeypatch, tmp_pat
     with pytest.warns(UserWarning, match=PACKAGE_WEIGHTS):
         model = create_timm_model("efficientnet_lite0", pretrained=True)
     assert torch.equal(model.state_dict()["conv_stem.weight"], package_state_dict()["conv_stem.weight"])
+
+
+def test_pretrained_online_tries_the_real_download(monkeypatch):
+    # No network probe of our own (it ignored HTTPS_PROXY): the download is attempted through
+    # timm/huggingface_hub, and its failure becomes the one-line error with the reason.
+    import socket
+
+    import timm
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("weights.py must not open its own connection")
+
+    def download(arch, pretrained=False, **kwargs):
+        if pretrained:
+            raise ConnectionError("ProxyError: 407 Proxy Authentication Required")
+        return original(arch, pretrained=False, **kwargs)
+
+    original = timm.create_model
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(timm, "create_model", download)
+    with pytest.raises(WeightsError, match="ProxyError: 407") as err:
+        create_timm_model("mobilenetv2_100", pretrained=True, num_classes=0)
+    assert "HF_HUB_OFFLINE=1" in str(err.value) and "\n" not in str(err.value)
 
 
 def test_data_config_from_backbone():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,12 +10,8 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
+from filelock import FileLock
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
-
-try:
-    import fcntl
-except ImportError:  # Windows: no flock; DDP there is rare and gloo-only
-    fcntl = None
 
 ScaleLR = Literal["none", "linear", "sqrt"]
 
@@ -28,19 +23,15 @@ def file_lock(target: str | Path) -> Iterator[None]:
     Every process that writes ``target`` (one per GPU under DDP, all started together by
     torchrun or srun) takes the lock, so the first one writes and the others wait, then find
     the finished result. ``flock`` is released by the kernel when a process dies, so a crash
-    never leaves a stale lock behind.
+    never leaves a stale lock behind (``filelock`` uses ``flock`` on POSIX, ``msvcrt`` on Windows).
+
+    Args:
+        target: The file or folder the processes write.
     """
     target = Path(target).expanduser()
     target.parent.mkdir(parents=True, exist_ok=True)
-    lock = target.with_name(f".{target.name}.lock")
-    with open(lock, "a+") as handle:
-        if fcntl is not None:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            if fcntl is not None:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+    with FileLock(target.with_name(f".{target.name}.lock")):
+        yield
 
 
 def lr_scale_factor(rule: ScaleLR, world_size: int, accumulate_grad_batches: int = 1) -> float:
@@ -88,20 +79,14 @@ def broadcast_buffers(module: torch.nn.Module) -> None:
 
 
 class RunSummary(L.Callback):
-    """States how the run is laid out and how fast it trains.
+    """States how the run is laid out.
 
     At fit start (rank 0 only): precision, strategy, nodes x devices = world size, per-device
     batch x world size x accumulation = effective batch, the LR scaling rule and every
     parameter group's LR, printed and written to TensorBoard (Text tab ``run/summary``, and
-    ``hparams.yaml``). Each training epoch logs ``perf/train_images_per_sec`` over all ranks
-    (time from the epoch's start to its last training batch, validation excluded).
+    ``hparams.yaml``). Throughput (``perf/train_images_per_sec``) is timed by the run-report
+    callback, :class:`lit_vision.insight.InsightCallback`, the run's one timer.
     """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._epoch_start = 0.0
-        self._last_batch_end = 0.0
-        self._images = 0
 
     @staticmethod
     def summary(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
@@ -127,6 +112,7 @@ class RunSummary(L.Callback):
         }
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Print the layout and write it to the loggers."""
         info = self.summary(trainer, pl_module)
         batch = info["batch_size_per_device"]
         lrs = ", ".join(f"{lr:.3g}" for lr in info["lr_per_group"])
@@ -149,30 +135,3 @@ class RunSummary(L.Callback):
             experiment = logger.experiment
             if hasattr(experiment, "add_text"):
                 experiment.add_text("run/summary", text, global_step=trainer.global_step)
-
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._epoch_start = self._last_batch_end = time.perf_counter()
-        self._images = 0
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
-                           batch: Any, batch_idx: int) -> None:
-        target = batch[-1] if isinstance(batch, (list, tuple)) else batch
-        self._images += len(target)
-        self._last_batch_end = time.perf_counter()
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        seconds = self._last_batch_end - self._epoch_start
-        if self._images == 0 or seconds <= 0:
-            return
-        # DistributedSampler gives every rank the same number of batches, so rank 0's count
-        # times the world size is the total.
-        rate = self._images * trainer.world_size / seconds
-        rank_zero_info(f"lit_vision epoch {trainer.current_epoch}: {rate:.0f} train images/s "
-                       f"({self._images * trainer.world_size} images in {seconds:.1f} s, all ranks)")
-        self._log_rate(trainer, rate)
-
-    @staticmethod
-    @rank_zero_only
-    def _log_rate(trainer: L.Trainer, rate: float) -> None:
-        for logger in trainer.loggers:
-            logger.log_metrics({"perf/train_images_per_sec": rate}, step=trainer.global_step)

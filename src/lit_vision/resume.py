@@ -13,7 +13,6 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
@@ -29,7 +28,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     the new one is complete.
     """
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None) -> None:
         target = Path(path)
         if "://" in str(path):  # remote filesystems: Lightning's own (fsspec) writer
             return super().save_checkpoint(checkpoint, path, storage_options)
@@ -118,6 +117,7 @@ class FaultTolerance(Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Lightning >= 2.5 refreshes last.ckpt only when a top-k checkpoint is saved, so after
         # the best epoch "last" would stay behind and a resume would redo epochs: save it here.
+        # _last_global_step_saved: private, guarded by tests/test_lightning_private.py.
         ckpt = trainer.checkpoint_callback
         if getattr(ckpt, "_last_global_step_saved", None) != trainer.global_step and not trainer.sanity_checking:
             save_last(trainer)

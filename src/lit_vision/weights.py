@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import socket
+import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from safetensors.torch import load_file
 from torch import nn
 from lit_vision.errors import WeightsError
 
@@ -15,16 +17,23 @@ from lit_vision.errors import WeightsError
 # and need no download at run time.
 PACKAGE_WEIGHTS = "efficientnet-lite0-package"
 PACKAGE_ARCH = "efficientnet_lite0"
-HUB_HOST = "huggingface.co"
+_TRUE = ("1", "true", "yes", "on")
 
 
-def hub_reachable(host: str = HUB_HOST, timeout: float = 3.0) -> bool:
-    """Whether a TCP connection to the weights hub opens within ``timeout`` seconds."""
+def hub_offline() -> bool:
+    """Whether the user asked for no downloads: ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) set.
+
+    Read at call time, so setting the variable after ``huggingface_hub`` was imported counts.
+    There is no network probe: the download itself goes through ``huggingface_hub``, which
+    honours ``HTTPS_PROXY`` and the other proxy settings, and its failure is caught.
+    """
+    if any(os.environ.get(name, "").strip().lower() in _TRUE for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")):
+        return True
     try:
-        with socket.create_connection((host, 443), timeout=timeout):
-            return True
-    except OSError:
+        from huggingface_hub import constants
+    except ImportError:
         return False
+    return bool(constants.HF_HUB_OFFLINE)
 
 
 @contextlib.contextmanager
@@ -103,8 +112,6 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         return dict(load_file(str(path)))
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -190,19 +197,19 @@ def create_timm_model(
         return model
     if not pretrained:
         return timm.create_model(arch, pretrained=False, **kwargs)
-    online = hub_reachable()
+    offline = hub_offline()
     try:
-        with contextlib.nullcontext() if online else _hub_cache_only():
+        # Offline: cache-only, so a download attempt fails at once instead of retrying.
+        with _hub_cache_only() if offline else contextlib.nullcontext():
             return timm.create_model(arch, pretrained=True, **kwargs)
-    except Exception as err:  # hub, HTTP and cache errors have no common base
+    except Exception as err:  # hub, HTTP, proxy and cache errors have no common base
         reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
     if arch == PACKAGE_ARCH:
-        from lightning.pytorch.utilities import rank_zero_warn
-
         rank_zero_warn(f"timm's {arch} weights unavailable ({reason}); using '{PACKAGE_WEIGHTS}'")
         return create_timm_model(arch, weights=PACKAGE_WEIGHTS, **kwargs)
-    where = "the hub is unreachable" if not online else reason
+    where = "HF_HUB_OFFLINE is set and they are not in the local cache" if offline else reason
+    hint = "" if offline else " (set HF_HUB_OFFLINE=1 to skip the download attempt)"
     raise WeightsError(
         f"pretrained weights for {arch} cannot be downloaded ({where}): fetch them where there is a "
-        f"network and pass --model.weights_path FILE, or set --model.pretrained false"
+        f"network and pass --model.weights_path FILE, or set --model.pretrained false{hint}"
     )
