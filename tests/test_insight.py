@@ -36,7 +36,7 @@ def fitted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     tree = make_split_tree(tmp / "data", size=16)
     cli = run_command(["fit", "--config", CONFIG, "--data.root", str(tree), "--data.image_size", "16",
                 "--trainer.max_epochs", "2", "--trainer.logger.init_args.save_dir", str(tmp / "tb"),
-                "--insight.worst_k", "4", *QUIET])
+                "--insight.worst_k", "4", "--trainer.log_every_n_steps", "1", *QUIET])
     cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best", verbose=False)
     log_dir = Path(cli.trainer.log_dir)
     return log_dir, json.loads((log_dir / "report.json").read_text())

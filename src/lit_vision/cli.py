@@ -188,6 +188,8 @@ def resolve_ckpt_last(config: Namespace, subcommand: str | None) -> None:
 
 TRAINER_DEFAULTS = {
     "max_epochs": 10,
+    # Lightning's 50 hides a per-step warm-up on small datasets (digits: 28 steps an epoch).
+    "log_every_n_steps": 10,
     "logger": {
         "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
         "init_args": {"save_dir": "tb_logs", "name": "lit_vision"},
