@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import timm
+import torch
 from conftest import REPO, make_split_tree
 
 from lit_vision.__main__ import main, run_command
@@ -22,9 +24,20 @@ def _fit_args(config: Path, tmp_path: Path, root: Path | None) -> list[str]:
     return args
 
 
+def toy_backbone(arch: str, **kwargs: object) -> torch.nn.Module:
+    """timm's tiny ``test_efficientnet`` in place of any backbone (random weights, 0.36 M params).
+
+    The config test checks that each config parses, builds and trains end to end; the real
+    224 px backbones (and their weights) are exercised by tests/test_transfer.py.
+    """
+    kwargs = {k: v for k, v in kwargs.items() if k not in ("pretrained", "weights", "weights_path")}
+    return timm.create_model("test_efficientnet", pretrained=False, **kwargs)
+
+
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
 def test_every_config_fits(config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # digits materialise under ./data, logs under tmp_path
+    monkeypatch.setattr("lit_vision.networks.create_timm_model", toy_backbone)
     root = None if "digits" in config.stem else make_split_tree(tmp_path / "data", classes=3, size=24)
     cli = run_command(_fit_args(config, tmp_path, root))
     assert cli.trainer.state.finished

@@ -114,7 +114,7 @@ class _TwoPhaseCNN(CNNClassifier):
 
 def test_phase_attribute_is_timed_per_phase(tmp_path: Path, split_tree: Path) -> None:
     dm = ImageFolderDataModule(split_tree, image_size=16, batch_size=8, num_workers=0)
-    model = _TwoPhaseCNN(dm.num_classes, dm.classes, channels=(8,), hidden=0)
+    model = _TwoPhaseCNN(dm.num_classes, class_names=dm.classes, channels=(8,), hidden=0)
     cb = InsightCallback(every_n_epochs=2, worst_k=0)
     trainer = L.Trainer(max_epochs=2, logger=L.pytorch.loggers.TensorBoardLogger(tmp_path, name="p"),
                         callbacks=[cb], enable_progress_bar=False, enable_model_summary=False,

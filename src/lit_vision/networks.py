@@ -9,6 +9,8 @@ import torch
 from timm.layers import SelectAdaptivePool2d
 from torch import nn
 
+from lit_vision.weights import create_timm_model
+
 # timm's names: ``avgmax`` is the mean of average and max pooling, ``catavgmax`` their
 # concatenation (twice the features). Checkpoints from before the rename say ``avgmax`` for
 # the concatenation; ``predict.load_classifier`` rebuilds those with ``catavgmax``.
@@ -154,8 +156,6 @@ class TransferNet(nn.Module):
         weights_path: str | None = None,
     ) -> None:
         super().__init__()
-        from lit_vision.weights import create_timm_model  # timm import is slow; only when used
-
         self.arch = backbone
         self.features = create_timm_model(
             backbone, pretrained=pretrained, weights=weights, weights_path=weights_path,
