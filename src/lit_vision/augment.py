@@ -149,6 +149,26 @@ def apply(transform: A.Compose | None, image: np.ndarray) -> np.ndarray:
     return transform(image=image)["image"]
 
 
+def seed_pipeline(pipeline: A.BaseCompose, seed: int) -> None:
+    """Fix a pipeline's random draws for one sample, each transform from its own stream.
+
+    albumentations' ``set_random_seed`` hands every transform the same seed, so their draws
+    coincide: both flips would happen together, and colour jitter only with the affine.
+
+    Args:
+        pipeline: A ``Compose`` (or other composition); nested ones are seeded the same way.
+        seed: The sample's seed.
+    """
+    pipeline.set_random_seed(seed)
+    streams = np.random.SeedSequence(seed).spawn(len(pipeline.transforms))
+    for transform, stream in zip(pipeline.transforms, streams, strict=True):
+        sub = int(stream.generate_state(1)[0])
+        if isinstance(transform, A.BaseCompose):
+            seed_pipeline(transform, sub)
+        else:
+            transform.set_random_seed(sub)
+
+
 class BatchAugment:
     """:class:`AugmentSettings`' augmentations, vectorised over a batch of tensors.
 
@@ -235,6 +255,18 @@ class BatchAugment:
         return ((x - gray) * factor() + gray).clamp_(0, 1)  # saturation
 
 
+def _reason(err: Exception) -> str:
+    """One line saying why albumentations refused a pipeline (pydantic errors name the argument)."""
+    cause = err.__cause__ if callable(getattr(err.__cause__, "errors", None)) else err
+    if callable(getattr(cause, "errors", None)):  # pydantic's ValidationError of the arguments
+        first = cause.errors()[0]
+        where = f"{first['loc'][0]}: " if first.get("loc") else ""
+        return f"{where}{first.get('msg', cause)} (got {first.get('input')!r})"
+    if isinstance(err, KeyError):
+        return f"unknown transform or missing key {err}"
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
 def load_pipeline(spec: Mapping[str, Any] | str | Path, key: str = "albumentations") -> A.Compose:
     """An albumentations pipeline from its serialised form, as ``A.to_dict``/``A.save`` write it.
 
@@ -265,8 +297,7 @@ def load_pipeline(spec: Mapping[str, Any] | str | Path, key: str = "albumentatio
     except DataError:
         raise
     except Exception as err:  # albumentations raises many types for a bad pipeline
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise DataError(f"{key}: not a valid albumentations pipeline: {reason}") from None
+        raise DataError(f"{key}: not a valid albumentations pipeline: {_reason(err)}") from None
     return transform if isinstance(transform, A.Compose) else A.Compose([transform])
 
 
@@ -288,8 +319,9 @@ def check_pipeline(pipeline: A.Compose, size: int, key: str = "albumentations") 
     try:
         out = pipeline(image=image)["image"]
     except Exception as err:
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise DataError(f"{key}: the pipeline fails on a {size}px RGB image: {reason}") from None
+        raise DataError(
+            f"{key}: the pipeline fails on a {size}px RGB image: {_reason(err)}"
+        ) from None
     if not isinstance(out, np.ndarray) or out.dtype != np.uint8 or out.shape != image.shape:
         got = f"{getattr(out, 'dtype', type(out).__name__)} {tuple(getattr(out, 'shape', ()))}"
         raise DataError(

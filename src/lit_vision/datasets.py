@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from lit_vision.augment import apply
+from lit_vision.augment import apply, seed_pipeline
 from lit_vision.cache import Sample
 from lit_vision.images import load_image
 
@@ -54,7 +54,7 @@ class ImageDataset(Dataset):
         if isinstance(i, tuple):  # (index, seed) from EpochSampler: augmentation fixed by seed
             i, seed = i
             if self.transform is not None and self.transform.transforms:
-                self.transform.set_random_seed(seed)
+                seed_pipeline(self.transform, seed)
         path, target = self.samples[i]
         if self.cache is not None:
             image = self.cache[i]
