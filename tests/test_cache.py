@@ -9,14 +9,11 @@ import numpy as np
 import torch
 from conftest import make_split_tree, write_images
 
-from lit_vision.data import (
-    BatchedImages,
-    ImageFolderDataModule,
-    cached_decode,
-    collate_batch,
-    list_samples,
-)
-from lit_vision.transforms import BatchAugment
+from lit_vision.augment import BatchAugment
+from lit_vision.cache import cached_decode
+from lit_vision.data import ImageFolderDataModule
+from lit_vision.datasets import BatchedImages, collate_batch
+from lit_vision.folders import list_samples
 
 
 def _samples(root: Path) -> list[tuple[str, int]]:
@@ -76,7 +73,9 @@ def test_datamodule_uses_disk_cache_and_batches(tmp_path: Path) -> None:
         sx, sy = dm2.datasets["val"][i]
         assert torch.equal(bx[k], sx) and int(by[k]) == sy
 
-    sample = ImageFolderDataModule(root, image_size=8, batch_size=4, augment="sample", disk_cache=False)
+    sample = ImageFolderDataModule(
+        root, image_size=8, batch_size=4, augment="sample", disk_cache=False
+    )
     sample.setup("fit")
     assert sample.batch_augment is None and sample.datasets["train"].transform.transforms
     assert sample._workers(sample.datasets["train"]) >= 1

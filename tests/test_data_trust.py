@@ -21,16 +21,12 @@ from conftest import make_split_tree
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from lit_vision import data as data_mod
+from lit_vision import cache as cache_mod
+from lit_vision.cache import cache_key, cached_decode
 from lit_vision.check import scan_dataset
-from lit_vision.data import (
-    DataError,
-    ImageDataset,
-    ImageFolderDataModule,
-    cache_key,
-    cached_decode,
-    list_samples,
-)
+from lit_vision.data import DataError, ImageFolderDataModule
+from lit_vision.datasets import ImageDataset
+from lit_vision.folders import list_samples
 from lit_vision.images import ImageDecodeError, load_image
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -39,8 +35,14 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 def _run(code: str) -> dict:
     """Run ``code`` in a fresh interpreter with ``src`` on the path; it prints one JSON line."""
     env = {**os.environ, "PYTHONPATH": str(SRC)}
-    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True,
-                         text=True, timeout=300, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -62,7 +64,9 @@ def test_check_reports_hidden_images_instead_of_no_problems(tmp_path: Path) -> N
     checkpoint = root / "train" / ".ipynb_checkpoints" / "x-checkpoint.png"  # a hidden "class"
     checkpoint.parent.mkdir()
     checkpoint.write_bytes(dot_file.read_bytes())
-    (root / "train" / "class_1" / "._img000.png").write_bytes(b"\0" * 64)  # macOS metadata, not an image
+    (root / "train" / "class_1" / "._img000.png").write_bytes(
+        b"\0" * 64
+    )  # macOS metadata, not an image
     report = scan_dataset(root, size=16)
     hidden = {f.path for f in report.findings if f.kind == "hidden_image"}
     assert hidden == {str(bad), str(dot_file), str(checkpoint)}
@@ -217,7 +221,7 @@ def test_cache_key_covers_decoder_and_reuses_scan_digests(tmp_path: Path, monkey
     def no_reading(path: str) -> str:
         raise AssertionError(f"{path} read again")
 
-    monkeypatch.setattr(data_mod, "file_sha256", no_reading)
+    monkeypatch.setattr(cache_mod, "file_sha256", no_reading)
     cache_key(samples, 8, digests=report.digests)
     monkeypatch.setattr(PIL, "__version__", "0.0.0")
     assert cache_key(samples, 8, digests=report.digests) != key
@@ -237,7 +241,9 @@ def test_image_decode_error_survives_worker_reraise_and_pickle(tmp_path: Path) -
     with pytest.raises(ImageDecodeError) as info:
         next(iter(loader))
     # Not a RuntimeError carrying the worker's traceback: the same one line as in-process.
-    assert str(info.value) == str(direct.value) and str(direct.value).startswith(f"cannot read image {bad}: ")
+    assert str(info.value) == str(direct.value) and str(direct.value).startswith(
+        f"cannot read image {bad}: "
+    )
     assert info.value.path == str(bad) and info.value.reason == direct.value.reason
 
 

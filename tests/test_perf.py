@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from lit_vision import cli
-from lit_vision.__main__ import main, run_command
+from lit_vision.__main__ import run_command
+from lit_vision.augment import BatchAugment
 from lit_vision.cli import auto_precision
-from lit_vision.transforms import BatchAugment
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,13 +31,32 @@ def test_fit_with_batch_and_sample_augmentation(
     monkeypatch.chdir(tmp_path)  # fast_dev_run checkpoints land in the working directory
     calls: list[torch.Tensor] = []
     original = BatchAugment.__call__
-    monkeypatch.setattr(BatchAugment, "__call__", lambda self, x: calls.append(x) or original(self, x))
-    run = run_command([
-        "fit", "--config", str(REPO / "configs" / "gtsrb_cnn.yaml"), "--data.root", str(split_tree),
-        "--data.augment", augment, "--data.num_workers", "0", "--data.batch_size", "4",
-        "--data.image_size", "16", "--trainer.fast_dev_run", "true", "--cpu_bf16", "true",
-        "--trainer.logger.init_args.save_dir", str(tmp_path / "tb"),
-    ])
+    monkeypatch.setattr(
+        BatchAugment, "__call__", lambda self, x: calls.append(x) or original(self, x)
+    )
+    run = run_command(
+        [
+            "fit",
+            "--config",
+            str(REPO / "configs" / "gtsrb_cnn.yaml"),
+            "--data.root",
+            str(split_tree),
+            "--data.augment",
+            augment,
+            "--data.num_workers",
+            "0",
+            "--data.batch_size",
+            "4",
+            "--data.image_size",
+            "16",
+            "--trainer.fast_dev_run",
+            "true",
+            "--cpu_bf16",
+            "true",
+            "--trainer.logger.init_args.save_dir",
+            str(tmp_path / "tb"),
+        ]
+    )
     assert run.trainer.state.finished
     assert (run.datamodule.batch_augment is not None) == (augment == "batch")
     # fast_dev_run: one training batch augmented on the device, the validation batch left alone

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -20,10 +22,15 @@ def materialize_digits(root: str | Path, *, size: int = 32, seed: int = 0) -> Pa
     scikit-learn) are upscaled bicubically. Nothing is downloaded. A complete tree already
     at ``root`` is reused.
 
+    Args:
+        root: Where the split tree is written.
+        size: Side of the written images.
+        seed: Seed of the 70/15/15 split.
+
     Returns:
         ``root``.
     """
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # scikit-learn: heavy, needed only here
 
     root = Path(root).expanduser()
     if (root / "split_manifest.csv").is_file():
@@ -36,8 +43,18 @@ def materialize_digits(root: str | Path, *, size: int = 32, seed: int = 0) -> Pa
         return _write_digits(root, size, seed, load_digits())
 
 
-def _write_digits(root: Path, size: int, seed: int, digits) -> Path:
-    """Write the digit images into ``root`` via a staging folder (caller holds the lock)."""
+def _write_digits(root: Path, size: int, seed: int, digits: Any) -> Path:
+    """Write the digit images into ``root`` via a staging folder (caller holds the lock).
+
+    Args:
+        root: The final folder; it appears complete or not at all.
+        size: Side of the written images.
+        seed: Seed of the split.
+        digits: scikit-learn's ``load_digits()`` bunch (``images``, ``target``).
+
+    Returns:
+        ``root``.
+    """
     with tempfile.TemporaryDirectory(prefix="digits_raw_") as raw:
         raw = Path(raw)
         for i, (image, label) in enumerate(zip(digits.images, digits.target, strict=True)):
@@ -47,8 +64,6 @@ def _write_digits(root: Path, size: int, seed: int, digits) -> Path:
             Image.fromarray(pixels, mode="L").resize((size, size), Image.BICUBIC).save(out)
         staging = root.with_name(f".{root.name}.partial")
         if staging.exists():
-            import shutil
-
             shutil.rmtree(staging)
         split_dataset(raw, staging, val=0.15, test=0.15, seed=seed, quiet=True)
         root.parent.mkdir(parents=True, exist_ok=True)
@@ -64,6 +79,6 @@ class DigitsDataModule(ImageFolderDataModule):
         **kwargs: Any ``ImageFolderDataModule`` argument.
     """
 
-    def __init__(self, root: str | Path = "data/digits", **kwargs) -> None:
+    def __init__(self, root: str | Path = "data/digits", **kwargs: Any) -> None:
         materialize_digits(root)
         super().__init__(root, **kwargs)

@@ -1,0 +1,153 @@
+"""The training order: a seeded, resumable sampler and the loader state for an exact resume."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Shuffled ``(index, seed)`` pairs that depend only on the base seed and the epoch.
+
+    Lightning calls ``set_epoch`` before each training epoch; the order and each sample's
+    augmentation seed are then a pure function of ``(seed, epoch)``, whatever the number of
+    workers and whether the run was resumed, so a resumed run repeats an epoch exactly.
+
+    Args:
+        n: Dataset length.
+        seed: Base seed.
+    """
+
+    def __init__(self, n: int, seed: int = 0) -> None:
+        self.n = n
+        self.seed = seed
+        self.epoch = 0
+        self.skip = 0  # samples of this epoch already trained on (a mid-epoch resume sets it)
+        self._epoch_given = False
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose order and seeds ``__iter__`` yields.
+
+        Args:
+            epoch: The epoch, from 0.
+        """
+        self.epoch = epoch
+        self._epoch_given = True
+
+    def __len__(self) -> int:
+        """Dataset length (``skip`` shortens only the next pass, not the epoch)."""
+        return self.n
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        """``(index, augmentation seed)`` pairs of the epoch, less the first ``skip`` of them."""
+        epoch = self.epoch
+        if not self._epoch_given:
+            # Nobody calls set_epoch (e.g. inside Lightning's DistributedSamplerWrapper):
+            # count passes, so each epoch still gets fresh augmentations.
+            self.epoch += 1
+        self._epoch_given = False
+        state = np.random.SeedSequence([self.seed, epoch]).generate_state(2, np.uint32)
+        rng = np.random.default_rng(state)
+        order = rng.permutation(self.n)
+        seeds = rng.integers(0, 2**31 - 1, size=self.n)
+        skip, self.skip = self.skip, 0
+        return iter(zip(order[skip:].tolist(), seeds[skip:].tolist(), strict=True))
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where an interrupted training run stands in its sample order.
+
+    Args:
+        epoch: The epoch to continue.
+        skip: Samples of that epoch already trained on.
+    """
+
+    epoch: int
+    skip: int
+
+
+def default_seed() -> int:
+    """The run's seed (``PL_GLOBAL_SEED``, set by ``seed_everything``), else a fresh random one."""
+    env = os.environ.get("PL_GLOBAL_SEED")
+    return int(env) if env is not None else int(np.random.SeedSequence().entropy % 2**31)
+
+
+def resume_point(trainer: Any, batch_size: int) -> ResumePoint | None:
+    """Where ``trainer`` stands in the epoch's order, for a checkpoint; ``None`` when not training.
+
+    Args:
+        trainer: The Lightning trainer (or ``None``).
+        batch_size: Samples per training batch.
+
+    Returns:
+        The epoch to continue and the samples of it already trained on.
+    """
+    if trainer is None or not trainer.training:
+        return None
+    done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+    epoch = trainer.current_epoch
+    if done >= trainer.num_training_batches:  # an epoch-end checkpoint: the next epoch starts
+        return ResumePoint(epoch + 1, 0)
+    return ResumePoint(epoch, done * batch_size)
+
+
+class TrainOrder:
+    """The training loader's order for a whole run: one base seed and a pending resume point.
+
+    The seed is fixed on the first loader (``seed_everything`` may run after the DataModule
+    is built); a resume point loaded from a checkpoint applies to the next loader only.
+
+    Args:
+        seed: Base seed; ``None`` takes :func:`default_seed` when the first loader is built.
+    """
+
+    def __init__(self, seed: int | None = None) -> None:
+        self.seed = seed
+        self.pending: ResumePoint | None = None
+
+    def loader_kwargs(self, n: int) -> dict[str, Any]:
+        """``sampler`` and ``generator`` arguments of a shuffled training DataLoader.
+
+        Args:
+            n: Dataset length.
+
+        Returns:
+            An :class:`EpochSampler` and a private generator seeded with the base seed.
+        """
+        if self.seed is None:
+            self.seed = default_seed()
+        # A private generator for the loader's own draw (worker base seed), so creating an
+        # iterator (again, after a resume) does not move the global RNG that dropout uses.
+        generator = torch.Generator().manual_seed(self.seed)
+        sampler = EpochSampler(n, self.seed)
+        if self.pending is not None:
+            # Lightning creates the iterator (and workers prefetch) before any epoch hook runs,
+            # so the resumed epoch and the samples already trained on are set here.
+            sampler.set_epoch(self.pending.epoch)
+            sampler.skip = self.pending.skip
+            self.pending = None
+        return {"sampler": sampler, "generator": generator}
+
+    def state_dict(self, trainer: Any, batch_size: int) -> dict[str, int]:
+        """The DataModule's checkpoint state: ``{"epoch", "skip"}``, or ``{}`` when not training.
+
+        Args:
+            trainer: The Lightning trainer (or ``None``).
+            batch_size: Samples per training batch.
+        """
+        point = resume_point(trainer, batch_size)
+        return {} if point is None else {"epoch": point.epoch, "skip": point.skip}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Remember a checkpoint's resume point until the training loader is built.
+
+        Args:
+            state: What :meth:`state_dict` returned (``{}``: nothing to resume).
+        """
+        self.pending = ResumePoint(int(state["epoch"]), int(state["skip"])) if state else None
