@@ -40,7 +40,9 @@ import torch
 import torch.nn.functional as F
 
 from lit_vision.cli import LitVisionCLI, build_cli, cpu_has_native_bf16
-from lit_vision.data import ImageFolderDataModule, decode_all, discover_classes, list_samples
+from lit_vision.cache import decode_all
+from lit_vision.data import ImageFolderDataModule
+from lit_vision.folders import discover_classes, list_samples
 from lit_vision.models import ImageClassifier
 from lit_vision.split import split_dataset
 

@@ -22,7 +22,7 @@ from lit_vision.checkpoints import CheckpointError, model_class, model_kwargs, r
 from lit_vision.images import ImageDecodeError, is_image_file, load_image
 from lit_vision.models import ImageClassifier
 from lit_vision.spec import CHECKPOINT_KEY, InferenceSpec
-from lit_vision.transforms import apply
+from lit_vision.augment import apply
 from lit_vision.errors import OutputExistsError
 
 TTA = Literal["none", "hflip", "auto"]

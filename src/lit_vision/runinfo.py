@@ -21,7 +21,7 @@ from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities.model_summary import ModelSummary
 from PIL import Image
 
-from lit_vision.data import list_samples
+from lit_vision.folders import list_samples
 
 try:
     import psutil

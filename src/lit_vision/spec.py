@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import albumentations as A
 import torch
 
-from lit_vision.transforms import eval_transforms
+from lit_vision.augment import eval_transforms
 
 # The checkpoint entry that holds ``InferenceSpec.to_checkpoint()``.
 CHECKPOINT_KEY = "lit_vision"
