@@ -23,11 +23,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lit_vision.augment import BatchAugment, train_transforms
 from lit_vision.cache import decode_all
 from lit_vision.folders import discover_classes, list_samples
 from lit_vision.models import CNNClassifier
 from lit_vision.schedulers import WarmupCosineLR
-from lit_vision.augment import BatchAugment, train_transforms
 
 BASE = dict(epochs=15, lr=2e-3, wd=5e-4, bs=64, warm=0.05, wstart=0.1, final=0.01, aug="batch",
             channels=[32, 64, 128], cpb=2, bdrop=0.1, grid=4, hidden=256, drop=0.4, ls=0.1, norm="image",

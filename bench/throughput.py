@@ -39,8 +39,8 @@ import psutil
 import torch
 import torch.nn.functional as F
 
-from lit_vision.cli import LitVisionCLI, build_cli, cpu_has_native_bf16
 from lit_vision.cache import decode_all
+from lit_vision.cli import LitVisionCLI, build_cli, cpu_has_native_bf16
 from lit_vision.data import ImageFolderDataModule
 from lit_vision.folders import discover_classes, list_samples
 from lit_vision.models import ImageClassifier

@@ -110,7 +110,8 @@ def test_datamodule_skip_loses_no_image(tmp_path: Path, cache: bool) -> None:
 
 def test_cached_decode_failure_is_caught_after_quick_scan(tmp_path: Path) -> None:
     """The cache path scans headers only; a truncated JPEG then fails decode_all, which turns
-    into a full scan of that split instead of a crash."""
+    into a full scan of that split instead of a crash.
+    """
     root = make_split_tree(tmp_path / "d", classes=2, train=4, val=2, test=0)
     jpg = write_images(root / "train" / "class_0", 1, fmt="jpg", prefix="photo", size=64, seed=3)[0]
     _truncate(jpg, 0.6)

@@ -25,7 +25,7 @@ def _fit_args(config: Path, tmp_path: Path, root: Path | None) -> list[str]:
 
 
 def toy_backbone(arch: str, **kwargs: object) -> torch.nn.Module:
-    """timm's tiny ``test_efficientnet`` in place of any backbone (random weights, 0.36 M params).
+    """Timm's tiny ``test_efficientnet`` in place of any backbone (random weights, 0.36 M params).
 
     The config test checks that each config parses, builds and trains end to end; the real
     224 px backbones (and their weights) are exercised by tests/test_transfer.py.

@@ -13,8 +13,8 @@ import torch
 from conftest import make_split_tree
 from test_predict import fit_tiny
 
-from lit_vision.checkpoints import CheckpointError
 from lit_vision.__main__ import main
+from lit_vision.checkpoints import CheckpointError
 from lit_vision.data import ImageFolderDataModule
 from lit_vision.export import INPUT_NAME, onnx_session, run_export
 from lit_vision.images import load_image

@@ -1,5 +1,6 @@
 """Fuzzing the decoder path: corrupted and truncated files of every accepted format are either
-decoded or reported, by the scan and by the DataModule, never a crash or a hang."""
+decoded or reported, by the scan and by the DataModule, never a crash or a hang.
+"""
 
 from __future__ import annotations
 

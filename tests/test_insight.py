@@ -12,8 +12,8 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 from lit_vision import CNNClassifier, ImageFolderDataModule
 from lit_vision.__main__ import main, run_command
-from lit_vision.insight import InsightCallback
 from lit_vision.commands.lr_find import main as lr_find_main
+from lit_vision.insight import InsightCallback
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "configs" / "gtsrb_cnn.yaml")
@@ -102,7 +102,8 @@ def test_tensorboard_has_figures_layout_and_hparams(fitted: tuple[Path, dict]) -
 
 class _TwoPhaseCNN(CNNClassifier):
     """A CNN with a transfer-style ``phase``, set (like TransferClassifier) in its own epoch-start
-    hook, which Lightning calls after the callbacks' hook; phase 0 trains the head only."""
+    hook, which Lightning calls after the callbacks' hook; phase 0 trains the head only.
+    """
 
     phase: str | None = None
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from conftest import REPO
 
 from lit_vision.__main__ import main, run_command
 
 
+@pytest.mark.slow
 def test_split_and_fit_on_real_crack_images(shared_data: Path, tmp_path: Path) -> None:
     raw = shared_data / "crack"
     n_images = sum(1 for p in raw.rglob("*.jpg"))

@@ -1,5 +1,6 @@
 """Interrupted training (SIGKILL, SIGTERM), atomic checkpoints, non-finite loss, config mistakes,
-and interrupted or tampered splits."""
+and interrupted or tampered splits.
+"""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from lit_vision import ImageFolderDataModule, TransferClassifier
-from lit_vision.__main__ import main, run_command
+from lit_vision.__main__ import run_command
 from lit_vision.networks import TransferNet
 from lit_vision.weights import (
     PACKAGE_WEIGHTS,

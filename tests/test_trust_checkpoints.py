@@ -19,8 +19,8 @@ import torch
 from conftest import REPO, make_split_tree
 from test_predict import CONFIG, fit_tiny
 
-from lit_vision.checkpoints import CheckpointError, allowed_classes, read_checkpoint
 from lit_vision.__main__ import main
+from lit_vision.checkpoints import CheckpointError, allowed_classes, read_checkpoint
 
 
 class Payload:
@@ -80,7 +80,7 @@ def test_pickle_payload_never_runs(good: tuple[Path, Path], tmp_path: Path, caps
     ckpt["hyper_parameters"]["evil"] = Payload(f"touch {marker}")
     bad = tmp_path / "pickle.ckpt"
     torch.save(ckpt, bad)
-    for name, args in _commands(bad, tree, tmp_path).items():
+    for args in _commands(bad, tree, tmp_path).values():
         _refused(args, marker, capsys, "pickle.ckpt")
 
 
@@ -103,7 +103,7 @@ def test_class_paths_in_hparams_are_refused(
     bad = _tamper(real, tmp_path / "hparams.ckpt",
                   lambda c: HPARAM_PAYLOADS[where](c["hyper_parameters"], f"touch {marker}"))
     torch.load(bad, weights_only=True)  # plain data: weights_only alone does not stop it
-    for name, args in _commands(bad, tree, tmp_path).items():
+    for args in _commands(bad, tree, tmp_path).values():
         _refused(args, marker, capsys, "os.system", "not an allowed class")
 
 
@@ -149,7 +149,7 @@ def test_truncated_and_junk_checkpoints_are_one_line(
     tree, real = good
     truncated = tmp_path / "truncated.ckpt"
     truncated.write_bytes(real.read_bytes()[: real.stat().st_size // 2])
-    for cmd, args in _commands(truncated, tree, tmp_path).items():
+    for args in _commands(truncated, tree, tmp_path).values():
         _refused(args, tmp_path / "never", capsys, "truncated.ckpt")
 
 

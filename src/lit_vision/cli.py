@@ -139,7 +139,6 @@ class LitVisionCLI(LightningCLI):
 
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
-        config = self.config[self.subcommand] if self.subcommand else self.config
         # DataModule.setup runs before any callback hook, so the report's data-preparation
         # time is measured by wrapping it here.
         if self.datamodule is not None:

@@ -44,7 +44,7 @@ class WeightsError(LitVisionError):
 
 
 def config_error_line(message: str) -> str:
-    """jsonargparse's multi-line parse error boiled down to one line naming the key."""
+    """Jsonargparse's multi-line parse error boiled down to one line naming the key."""
     lines = [line.strip() for line in message.splitlines() if line.strip()]
     keys: list[str] = []
     for line in lines:

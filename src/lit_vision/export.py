@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from lit_vision.errors import ExportError
 from lit_vision.models import ImageClassifier
 from lit_vision.predict import collect_inputs, decode_file, load_classifier
 from lit_vision.spec import INPUT_NAME, InferenceSpec, preprocessing_contract
-from lit_vision.errors import ExportError
 
 Format = Literal["onnx", "torchscript", "safetensors"]
 OUTPUT_NAMES = ("probs", "logits")

@@ -175,8 +175,10 @@ class TransferNet(nn.Module):
         return timm.data.resolve_model_data_config(self.features)
 
     def groups(self) -> list[list[nn.Parameter]]:
-        """Backbone parameters by block, stem first: timm's coarse ``group_matcher`` groups
-        (for EfficientNet: stem, each stage, the final 1x1 conv; for ResNet: stem, layer1-4)."""
+        """Backbone parameters by block, stem first: timm's coarse ``group_matcher`` groups.
+
+        For EfficientNet: stem, each stage, the final 1x1 conv; for ResNet: stem, layer1-4.
+        """
         from timm.models import group_parameters
 
         params = dict(self.features.named_parameters())

