@@ -181,6 +181,7 @@ def test_lock_of_a_killed_run_does_not_block(tmp_path: Path) -> None:
     finally:
         holder.kill()
         holder.wait()
+        holder.stdout.close()
     assert (dst / LOCK).exists()  # a killed holder leaves the file, but the kernel dropped its flock
     split_dataset(raw, dst, val=0.25, quiet=True)
     assert not (dst / LOCK).exists() and verify_split(raw, dst) == []
