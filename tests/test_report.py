@@ -61,3 +61,19 @@ def test_worst_mistakes_keeps_the_highest_losses() -> None:
     worst.add(images, logits, torch.tensor([0, 0, 0, 1]))  # rows 1, 2, 3 wrong; 2 is the worst
     assert [int(x[1][0, 0, 0]) for x in worst.items] == [2, 3]
     assert [(x[2], x[3]) for x in worst.items] == [(0, 1), (1, 0)]
+
+
+def test_lock_info_hashes_the_lock_and_compares_pins(tmp_path) -> None:
+    from importlib import metadata
+
+    from lit_vision.runinfo import lock_info
+
+    torch_version = metadata.version("torch")
+    lock = tmp_path / "requirements.lock"
+    lock.write_text(f"# pinned\ntorch=={torch_version}\nnumpy==0.0.1\n")
+    info = lock_info(lock)
+    assert info["sha256"] == __import__("hashlib").sha256(lock.read_bytes()).hexdigest()
+    assert not info["matches"] and info["differences"] == [f"numpy 0.0.1 (locked) vs {metadata.version('numpy')}"]
+    lock.write_text(f"torch=={torch_version}\n")
+    assert lock_info(lock)["matches"]
+    assert lock_info(tmp_path / "absent.lock") is None

@@ -121,9 +121,14 @@ def _environment(r: dict[str, Any]) -> list[str]:
     pk = env.get("packages", {})
     cuda = (f"available, {env.get('cuda_version')}, cuDNN {env.get('cudnn_version')}"
             if env.get("cuda_available") else "not available")
+    lock = env.get("lock")
+    locked = (f"- `{lock['file']}` sha256 {lock['sha256'][:16]}...: "
+              + ("the environment matches it" if lock["matches"] else "differs: " + "; ".join(lock["differences"]))
+              if lock else "- no lock file beside the package (not run from the source tree)")
     return [
         "## Environment", "",
         f"- Python {env.get('python')} on {env.get('platform')}",
+        locked,
         "- " + ", ".join(f"{k} {v}" for k, v in pk.items() if v),
         f"- CPU: {env.get('cpu')} — {env.get('cpu_cores_physical')} physical / "
         f"{env.get('cpu_cores_logical')} logical cores ({env.get('cpus_usable')} usable), "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import platform
 import sys
@@ -46,6 +47,32 @@ def _version(name: str) -> str | None:
         return None
 
 
+# The pinned environment (scripts/lock.sh) beside the package's source tree.
+LOCK_FILE = Path(__file__).resolve().parents[2] / "requirements.lock"
+
+
+def lock_info(path: Path = LOCK_FILE) -> dict[str, Any] | None:
+    """The lock file's SHA-256 and whether the running environment matches its pins.
+
+    ``None`` when the package runs without its source tree (no lock file to compare with).
+    """
+    if not path.is_file():
+        return None
+    text = path.read_bytes()
+    pins = {}
+    for line in text.decode().splitlines():
+        name, sep, version = line.split("#")[0].strip().partition("==")
+        if sep:
+            pins[name.strip()] = version.strip()
+    differ = sorted(f"{n} {v} (locked) vs {_version(n)}" for n, v in pins.items() if _version(n) != v)
+    return {
+        "file": path.name,
+        "sha256": hashlib.sha256(text).hexdigest(),
+        "matches": not differ,
+        "differences": differ[:10],
+    }
+
+
 def cpu_model() -> str:
     """The CPU's marketing name (``/proc/cpuinfo`` on Linux), else ``platform.processor()``."""
     try:
@@ -76,6 +103,7 @@ def environment_info() -> dict[str, Any]:
         "cpu_cores_physical": physical,
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "memory_gb": memory_gb,
+        "lock": lock_info(),
     }
 
 
