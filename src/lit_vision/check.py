@@ -22,113 +22,32 @@ from lit_vision.images import (
     load_image,
 )
 from lit_vision.progress import progress
+from lit_vision.scan_report import KIND_TEXT, Finding, ScanReport, Severity
+
+# Re-exported: the report types live in scan_report; callers import them from here too.
+__all__ = [
+    "KIND_TEXT",
+    "SPLITS",
+    "DecodeMode",
+    "Finding",
+    "ScanReport",
+    "Severity",
+    "accepted_extensions",
+    "check_image_bytes",
+    "check_image_file",
+    "format_skipped",
+    "scan_dataset",
+]
 
 SPLITS = ("train", "val", "test")
-Severity = Literal["error", "warning"]
 # "full": decode every pixel (finds truncated JPEGs); "verify": header and structure (PNG CRCs);
 # "none": list and hash only (enough for the class and leakage checks).
 DecodeMode = Literal["full", "verify", "none"]
 # Files that operating systems and tools drop into folders; never images, ignored quietly.
 JUNK_NAMES = frozenset({"thumbs.db", "desktop.ini", "ehthumbs.db", ".ds_store", "icon\r"})
 SPLIT_ORDER = {s: i for i, s in enumerate(SPLITS)}
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One problem found by the scan.
-
-    ``kind`` is one of ``unreadable``, ``unsupported_image``, ``stray_image``, ``not_image``,
-    ``empty_class``, ``missing_class``, ``extra_class``, ``leak`` (the same bytes in two splits),
-    ``duplicate`` (the same bytes twice within a split), ``conflicting_labels`` or
-    ``hidden_image`` (an image under a hidden file or folder name, which nothing reads).
-    """
-
-    kind: str
-    severity: Severity
-    path: str
-    detail: str = ""
-    # Whether skipping the file removes the problem (``on_bad: skip``); class-level findings
-    # cannot be skipped.
-    skippable: bool = False
-
-
-@dataclass
-class ScanReport:
-    """What :func:`scan_dataset` found; ``findings`` are sorted by severity, kind and path."""
-
-    root: Path
-    images: dict[str, int] = field(default_factory=dict)
-    findings: list[Finding] = field(default_factory=list)
-    ignored: list[str] = field(default_factory=list)
-    # SHA-256 of every image file read without problems, by path: the disk cache's key.
-    digests: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def errors(self) -> list[Finding]:
-        """Findings that stop training unless skipped."""
-        return [f for f in self.findings if f.severity == "error"]
-
-    @property
-    def warnings(self) -> list[Finding]:
-        """Findings that are reported but do not stop training."""
-        return [f for f in self.findings if f.severity == "warning"]
-
-    @property
-    def ok(self) -> bool:
-        """No errors."""
-        return not self.errors
-
-    def skippable_files(self) -> list[str]:
-        """Image files that ``on_bad: skip`` leaves out (unreadable files, leaked copies)."""
-        return sorted({f.path for f in self.errors if f.skippable})
-
-    def unskippable(self) -> list[Finding]:
-        """Errors that skipping files cannot fix (e.g. a class of val/ missing from train/)."""
-        return [f for f in self.errors if not f.skippable]
-
-    def summary(self, severity: Severity = "error", limit: int = 5) -> str:
-        """One line per kind of finding: count, then the first ``limit`` paths with details."""
-        by_kind: dict[str, list[Finding]] = defaultdict(list)
-        for f in self.findings:
-            if f.severity == severity:
-                by_kind[f.kind].append(f)
-        lines = []
-        for kind, items in by_kind.items():
-            shown = "; ".join(f"{f.path}" + (f" ({f.detail})" if f.detail else "") for f in items[:limit])
-            more = f"; ... and {len(items) - limit} more" if len(items) > limit else ""
-            lines.append(f"{len(items)} {KIND_TEXT.get(kind, kind)}: {shown}{more}")
-        return "\n".join(lines)
-
-    def describe(self, limit: int = 5) -> str:
-        """The whole report as text, for ``lit-vision check``."""
-        counts = ", ".join(f"{s} {n}" for s, n in self.images.items())
-        lines = [f"scanned {self.root}: {counts} image files"]
-        if self.ignored:
-            lines.append(f"ignored {len(self.ignored)} system file(s) such as {self.ignored[0]}")
-        if self.errors:
-            lines.append(f"ERRORS ({len(self.errors)}):")
-            lines += ["  " + line for line in self.summary("error", limit).splitlines()]
-        if self.warnings:
-            lines.append(f"warnings ({len(self.warnings)}):")
-            lines += ["  " + line for line in self.summary("warning", limit).splitlines()]
-        if not self.findings:
-            lines.append("no problems found")
-        return "\n".join(lines)
-
-
-KIND_TEXT = {
-    "unreadable": "unreadable or truncated image(s)",
-    "unsupported_image": "image(s) with an extension lit_vision does not read (rename to .jpg/.png/...)",
-    "stray_image": "image(s) outside any class folder",
-    "not_image": "non-image file(s), ignored",
-    "empty_class": "class folder(s) without images",
-    "missing_class": "class(es) of train/ absent from this split",
-    "extra_class": "class(es) not in train/",
-    "leak": "image(s) whose exact bytes are also in another split (leakage)",
-    "duplicate": "exact duplicate image(s) within a split",
-    "conflicting_labels": "image(s) whose exact bytes appear under two classes",
-    "hidden_image": "image(s) in hidden files/folders, ignored",
-}
+# One image to check: (split, path, class, decode mode).
+_Job = tuple[str, str, str, DecodeMode]
 
 
 def check_image_bytes(
@@ -181,6 +100,7 @@ def _sniff_image(path: Path) -> str | None:
 
 
 def _is_junk(path: Path) -> bool:
+    """System files and anything under a hidden name (relative to the split root)."""
     name = path.name.lower()
     return name in JUNK_NAMES or name.startswith("._") or any(p.startswith(".") for p in path.parts)
 
@@ -193,6 +113,8 @@ def _is_system_file(path: Path) -> bool:
 
 @dataclass
 class _Listing:
+    """What ``_list`` found under the split folders, before any file is read."""
+
     images: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # split -> (path, class)
     classes: dict[str, list[str]] = field(default_factory=dict)  # split -> class folders
     others: list[Path] = field(default_factory=list)  # non-image files inside class folders
@@ -204,10 +126,13 @@ class _Listing:
 def _hidden_images(entry: Path, root: Path) -> list[str]:
     """Image files in or under a hidden split-level entry (``train/.x.png``, ``train/.cls/``)."""
     files = sorted(entry.rglob("*")) if entry.is_dir() else [entry]
-    return [str(p) for p in files if p.is_file() and is_hidden_image(p, root) and not _is_system_file(p)]
+    return [
+        str(p) for p in files if p.is_file() and is_hidden_image(p, root) and not _is_system_file(p)
+    ]
 
 
 def _list(root: Path, splits: Sequence[str]) -> _Listing:
+    """Sort every entry of ``ROOT/SPLIT/`` into images, class folders, strays and ignored files."""
     out = _Listing()
     for split in splits:
         split_dir = root / split
@@ -276,15 +201,32 @@ def scan_dataset(
     if splits is None:
         splits = [s for s in SPLITS if (root / s).is_dir()]
     listing = _list(root, splits)
-    report = ScanReport(root, {s: len(v) for s, v in listing.images.items()}, ignored=listing.ignored)
-    add = report.findings.append
-
-    jobs: list[tuple[str, str, str, DecodeMode]] = []
+    report = ScanReport(
+        root, {s: len(v) for s, v in listing.images.items()}, ignored=listing.ignored
+    )
+    jobs: list[_Job] = []
     for split, items in listing.images.items():
         mode = decode(split, len(items)) if callable(decode) else decode
         jobs += [(split, path, label, mode) for path, label in items]
+    results = _check_and_hash(jobs, size, workers, max_megapixels, show_progress)
+    report.findings += _copy_findings(jobs, results, report.digests)
+    report.findings += _file_findings(listing)
+    report.findings += _class_findings(root, splits, listing)
+    rank = {"error": 0, "warning": 1}
+    report.findings.sort(key=lambda f: (rank[f.severity], f.kind, f.path))
+    return report
 
-    def _one(job: tuple[str, str, str, DecodeMode]) -> tuple[str | None, str | None]:
+
+def _check_and_hash(
+    jobs: list[_Job],
+    size: int,
+    workers: int | None,
+    max_megapixels: float | None,
+    show_progress: bool,
+) -> list[tuple[str | None, str | None]]:
+    """Check and hash every image on a thread pool: ``(digest, None)`` or ``(None, problem)``."""
+
+    def one(job: _Job) -> tuple[str | None, str | None]:
         problem = check_image_file(job[1], job[3], size, max_megapixels=max_megapixels)
         if problem is not None:
             return None, problem  # not hashed: an unreadable file is left out, not compared
@@ -295,60 +237,85 @@ def scan_dataset(
 
     workers = workers or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(workers) as pool:
-        results = list(progress(pool.map(_one, jobs, chunksize=32), len(jobs), "scanning",
-                                enabled=show_progress))
+        return list(
+            progress(
+                pool.map(one, jobs, chunksize=32), len(jobs), "scanning", enabled=show_progress
+            )
+        )
 
+
+def _copy_findings(
+    jobs: list[_Job], results: list[tuple[str | None, str | None]], digests: dict[str, str]
+) -> list[Finding]:
+    """Unreadable files, then leaks, conflicting labels and duplicates among identical bytes.
+
+    Fills ``digests`` (path -> SHA-256) with every readable file's hash.
+    """
+    found: list[Finding] = []
     by_hash: dict[str, list[tuple[str, str, str]]] = defaultdict(list)
     for (split, path, label, _), (digest, problem) in zip(jobs, results, strict=True):
         if problem is not None:
-            add(Finding("unreadable", "error", path, problem, skippable=True))
+            found.append(Finding("unreadable", "error", path, problem, skippable=True))
         elif digest is not None:
-            report.digests[path] = digest
+            digests[path] = digest
             by_hash[digest].append((split, path, label))
     for copies in by_hash.values():
         if len(copies) < 2:
             continue
         copies.sort(key=lambda c: (SPLIT_ORDER.get(c[0], 9), c[1]))
         keep_split, keep_path, keep_label = copies[0]
+        same = f"same bytes as {keep_path}"
         for split, path, label in copies[1:]:
             if split != keep_split:
                 # The copy in the later split is the one to drop: train keeps its image.
-                add(Finding("leak", "error", path, f"same bytes as {keep_path}", skippable=True))
+                found.append(Finding("leak", "error", path, same, skippable=True))
             elif label != keep_label:
-                add(Finding("conflicting_labels", "warning", path, f"same bytes as {keep_path}"))
+                found.append(Finding("conflicting_labels", "warning", path, same))
             else:
-                add(Finding("duplicate", "warning", path, f"same bytes as {keep_path}"))
+                found.append(Finding("duplicate", "warning", path, same))
+    return found
 
+
+def _file_findings(listing: _Listing) -> list[Finding]:
+    """Files training would not read: non-images, unsupported or hidden images, stray files."""
+    found: list[Finding] = []
     for p in listing.others:
         fmt = _sniff_image(p)
         if fmt is not None:
-            add(Finding("unsupported_image", "error", str(p), f"a {fmt} image; would be left out", skippable=True))
+            detail = f"a {fmt} image; would be left out"
+            found.append(Finding("unsupported_image", "error", str(p), detail, skippable=True))
         else:
-            add(Finding("not_image", "warning", str(p)))
+            found.append(Finding("not_image", "warning", str(p)))
     for path in listing.hidden:
-        add(Finding("hidden_image", "warning", path))
+        found.append(Finding("hidden_image", "warning", path))
     for p in listing.stray:
         if is_image_file(p) or _sniff_image(p) is not None:
-            add(Finding("stray_image", "error", str(p), "not in a class folder; would be left out", skippable=True))
+            detail = "not in a class folder; would be left out"
+            found.append(Finding("stray_image", "error", str(p), detail, skippable=True))
         else:
-            add(Finding("not_image", "warning", str(p)))
+            found.append(Finding("not_image", "warning", str(p)))
+    return found
 
+
+def _class_findings(root: Path, splits: Sequence[str], listing: _Listing) -> list[Finding]:
+    """Empty class folders, and classes of val/test missing from or extra to train/."""
+    found: list[Finding] = []
     train_classes = set(listing.classes.get("train", []))
     for split in splits:
         have = {label for _, label in listing.images[split]}
         for c in listing.classes[split]:
             if c not in have:
                 severity: Severity = "error" if split == "train" else "warning"
-                add(Finding("empty_class", severity, str(root / split / c)))
+                found.append(Finding("empty_class", severity, str(root / split / c)))
         if split != "train" and "train" in listing.classes:
-            for c in sorted(train_classes - set(listing.classes[split])):
-                add(Finding("missing_class", "warning", str(root / split / c), "no folder; not evaluated"))
-            for c in sorted(set(listing.classes[split]) - train_classes):
-                add(Finding("extra_class", "error", str(root / split / c), "the model cannot predict it"))
-
-    rank = {"error": 0, "warning": 1}
-    report.findings.sort(key=lambda f: (rank[f.severity], f.kind, f.path))
-    return report
+            classes = set(listing.classes[split])
+            for c in sorted(train_classes - classes):
+                where = str(root / split / c)
+                found.append(Finding("missing_class", "warning", where, "no folder; not evaluated"))
+            for c in sorted(classes - train_classes):
+                where = str(root / split / c)
+                found.append(Finding("extra_class", "error", where, "the model cannot predict it"))
+    return found
 
 
 def format_skipped(paths: Iterable[str], limit: int = 5) -> str:

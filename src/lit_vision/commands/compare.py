@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import gc
-import json
 import re
 import shlex
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +17,34 @@ import torch
 from jsonargparse import ArgumentError
 
 from lit_vision.cli import ParseOnlyCLI, build_cli
+from lit_vision.commands.compare_report import (
+    Result,
+    plot,
+    rank,
+    table_markdown,
+    winner_statement,
+    write_comparison,
+)
 from lit_vision.errors import ConfigError, config_error_line
-from lit_vision.figures import plt
 from lit_vision.insight import InsightCallback
-from lit_vision.report import environment_info, render_markdown
+
+# Re-exported: the report side of compare lives in compare_report.
+__all__ = [
+    "HELP",
+    "Experiment",
+    "Result",
+    "budget_args",
+    "check_fit_options",
+    "compare",
+    "main",
+    "measure_latency",
+    "parse_variant",
+    "plot",
+    "rank",
+    "run_experiment",
+    "table_markdown",
+    "winner_statement",
+]
 
 HELP = """usage: lit-vision compare --data.root ROOT [--configs C.yaml ...] [--variants 'C.yaml KEY=VALUE ...' ...]
                           [--max_epochs N] [--max_time MINUTES] [--out DIR] [fit options for every run]
@@ -60,38 +82,13 @@ class Experiment:
     overrides: list[str] = field(default_factory=list)
 
 
-@dataclass
-class Result:
-    """What ``compare`` measured for one experiment."""
-
-    name: str
-    config: str
-    overrides: list[str]
-    status: str = "ok"
-    model: str | None = None
-    eval_split: str | None = None
-    accuracy: float | None = None
-    macro_f1: float | None = None
-    best_val_acc: float | None = None
-    params: int | None = None
-    trainable_params: int | None = None
-    train_seconds: float | None = None
-    fit_seconds: float | None = None
-    train_images_per_s: float | None = None
-    epochs: int | None = None
-    image_size: int | None = None
-    latency_ms: float | None = None
-    log_dir: str | None = None
-    best_checkpoint: str | None = None
-    error: str | None = None
-    rank: int | None = None
-
-
 def parse_variant(spec: str) -> Experiment:
     """``'CONFIG.yaml key=value ... [name=NAME]'`` -> Experiment (name from the overrides)."""
     tokens = shlex.split(spec)
     if not tokens or "=" in tokens[0]:
-        raise ValueError(f"--variants '{spec}': start with a config file, e.g. 'configs/x.yaml model.backbone=resnet18'")
+        raise ValueError(
+            f"--variants '{spec}': start with a config file, e.g. 'configs/x.yaml model.backbone=resnet18'"
+        )
     config, overrides, name = tokens[0], [], None
     for tok in tokens[1:]:
         if "=" not in tok:
@@ -104,7 +101,8 @@ def parse_variant(spec: str) -> Experiment:
             overrides.append(f"--{key}={value}")
     if name is None:  # e.g. catsdogs_transfer+backbone=resnet18+pretrained=false
         name = Path(config).stem + "".join(
-            f"+{o[2:].split('=')[0].split('.')[-1]}={o.split('=', 1)[1]}" for o in overrides)
+            f"+{o[2:].split('=')[0].split('.')[-1]}={o.split('=', 1)[1]}" for o in overrides
+        )
     return Experiment(_safe(name), config, overrides)
 
 
@@ -143,7 +141,9 @@ def budget_args(max_epochs: int | None, max_time: str | None) -> list[str]:
     return out
 
 
-def measure_latency(model: torch.nn.Module, image_size: int, runs: int = 30, device: torch.device | None = None) -> float:
+def measure_latency(
+    model: torch.nn.Module, image_size: int, runs: int = 30, device: torch.device | None = None
+) -> float:
     """Median milliseconds of one batch-1 forward pass (uint8 input, eval mode, no grad)."""
     device = device or next(model.parameters()).device
     model = model.eval().to(device)
@@ -162,14 +162,43 @@ def measure_latency(model: torch.nn.Module, image_size: int, runs: int = 30, dev
     return float(np.median(times) * 1000)
 
 
-def run_experiment(exp: Experiment, root: str, out: Path, common: list[str], latency_runs: int) -> Result:
-    """Fit one experiment in-process, evaluate its best checkpoint, measure latency."""
-    res = Result(exp.name, exp.config, exp.overrides)
-    args = ["fit", "--config", exp.config, *exp.overrides, f"--data.root={root}",
-            f"--trainer.logger.init_args.save_dir={out / 'tb'}", f"--trainer.logger.init_args.name={exp.name}",
-            *common]
+def run_experiment(
+    exp: Experiment, root: str, out: Path, common: list[str], latency_runs: int
+) -> Result:
+    """Fit one experiment in-process, evaluate its best checkpoint, measure latency.
+
+    Args:
+        exp: The experiment.
+        root: The split folder.
+        out: The comparison's output folder (TensorBoard logs go to ``OUT/tb``).
+        common: Options passed to every run (budget and extra fit options).
+        latency_runs: Timed batch-1 forward passes.
+
+    Returns:
+        What was measured.
+    """
+    args = [
+        "fit",
+        "--config",
+        exp.config,
+        *exp.overrides,
+        f"--data.root={root}",
+        f"--trainer.logger.init_args.save_dir={out / 'tb'}",
+        f"--trainer.logger.init_args.name={exp.name}",
+        *common,
+    ]
     print(f"compare: {exp.name}: lit-vision {shlex.join(args)}", flush=True)
-    cli = build_cli(args, save_config_kwargs={"overwrite": True}, parser_kwargs={"exit_on_error": False})
+    cli = build_cli(
+        args, save_config_kwargs={"overwrite": True}, parser_kwargs={"exit_on_error": False}
+    )
+    res = _evaluate(exp, cli, root, latency_runs)
+    del cli
+    gc.collect()
+    return res
+
+
+def _evaluate(exp: Experiment, cli: Any, root: str, latency_runs: int) -> Result:
+    """Evaluate a fitted run's best checkpoint on test/ (or val/) and collect its numbers."""
     trainer, model, dm = cli.trainer, cli.model, cli.datamodule
     ck = trainer.checkpoint_callback
     best = getattr(ck, "best_model_path", "") or None
@@ -179,105 +208,35 @@ def run_experiment(exp: Experiment, root: str, out: Path, common: list[str], lat
     insight = next((c for c in trainer.callbacks if isinstance(c, InsightCallback)), None)
     report = insight.report if insight else {}
     timing = report.get("timing", {})
-    res.model = type(model).__name__
-    res.eval_split = stage
-    res.accuracy = float(metrics[f"{stage}/acc"])
-    res.macro_f1 = float(metrics[f"{stage}/f1"])
-    res.best_val_acc = float(ck.best_model_score) if getattr(ck, "best_model_score", None) is not None else None
-    res.params = sum(p.numel() for p in model.parameters())
-    res.trainable_params = report.get("model", {}).get("trainable_params")
-    res.train_seconds = timing.get("train_total")
-    res.fit_seconds = timing.get("fit_wall")
-    res.train_images_per_s = timing.get("train_images_per_s")
-    res.epochs = trainer.current_epoch
-    res.image_size = int(getattr(dm, "image_size", 0) or 0) or None
-    res.log_dir = trainer.log_dir
-    res.best_checkpoint = best
+    best_score = getattr(ck, "best_model_score", None)
+    res = Result(
+        exp.name,
+        exp.config,
+        exp.overrides,
+        model=type(model).__name__,
+        eval_split=stage,
+        accuracy=float(metrics[f"{stage}/acc"]),
+        macro_f1=float(metrics[f"{stage}/f1"]),
+        best_val_acc=float(best_score) if best_score is not None else None,
+        params=sum(p.numel() for p in model.parameters()),
+        trainable_params=report.get("model", {}).get("trainable_params"),
+        train_seconds=timing.get("train_total"),
+        fit_seconds=timing.get("fit_wall"),
+        train_images_per_s=timing.get("train_images_per_s"),
+        epochs=trainer.current_epoch,
+        image_size=int(getattr(dm, "image_size", 0) or 0) or None,
+        log_dir=trainer.log_dir,
+        best_checkpoint=best,
+    )
     if res.image_size:
-        res.latency_ms = measure_latency(model, res.image_size, latency_runs, device=trainer.strategy.root_device)
-    del cli, trainer, model, dm
-    gc.collect()
+        res.latency_ms = measure_latency(
+            model, res.image_size, latency_runs, device=trainer.strategy.root_device
+        )
     return res
 
 
-def rank(results: list[Result], by: str = "acc") -> list[Result]:
-    """Successful results ranked best first (metric, then the other metric, then latency)."""
-    ok = [r for r in results if r.status == "ok"]
-    first, second = ("accuracy", "macro_f1") if by == "acc" else ("macro_f1", "accuracy")
-    ok.sort(key=lambda r: (-(getattr(r, first) or 0), -(getattr(r, second) or 0), r.latency_ms or 1e9))
-    for i, r in enumerate(ok, 1):
-        r.rank = i
-    return ok + [r for r in results if r.status != "ok"]
-
-
-def _f(x: Any, fmt: str) -> str:
-    return "—" if x is None else format(x, fmt)
-
-
-def table_markdown(results: list[Result]) -> str:
-    """The ranked comparison as a markdown table."""
-    lines = ["| rank | experiment | model | eval | accuracy | macro-F1 | best val acc | params | "
-             "train time | train img/s | latency ms/img (batch 1) | input px | epochs |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in results:
-        if r.status != "ok":
-            lines.append(f"| — | {r.name} | failed: {r.error} | | | | | | | | | | |")
-            continue
-        lines.append(
-            f"| {r.rank} | {r.name} | {r.model} | {r.eval_split} | {_f(r.accuracy, '.4f')} | {_f(r.macro_f1, '.4f')} | "
-            f"{_f(r.best_val_acc, '.4f')} | {r.params / 1e6:.2f} M | {_f(r.train_seconds, '.0f')} s | "
-            f"{_f(r.train_images_per_s, '.0f')} | {_f(r.latency_ms, '.2f')} | {r.image_size} | {r.epochs} |")
-    return "\n".join(lines)
-
-
-def winner_statement(results: list[Result], by: str) -> str:
-    """One sentence naming the winner and its margin over the runner-up."""
-    ok = [r for r in results if r.status == "ok"]
-    if not ok:
-        return "No experiment finished."
-    w = ok[0]
-    metric = "accuracy" if by == "acc" else "macro-F1"
-    value = w.accuracy if by == "acc" else w.macro_f1
-    text = f"Winner: **{w.name}** ({w.model}) with {metric} {value:.4f} on {w.eval_split}"
-    if len(ok) > 1:
-        r2 = ok[1]
-        v2 = r2.accuracy if by == "acc" else r2.macro_f1
-        text += (f", {100 * (value - v2):+.2f} points over {r2.name} ({v2:.4f}); "
-                 f"{w.params / 1e6:.2f} M vs {r2.params / 1e6:.2f} M parameters, "
-                 f"{_f(w.latency_ms, '.2f')} vs {_f(r2.latency_ms, '.2f')} ms per image")
-    return text + "."
-
-
-def plot(results: list[Result], path: Path, by: str) -> None:
-    """Ranked accuracy bars and an accuracy-vs-latency scatter (marker area ~ parameters)."""
-    ok = [r for r in results if r.status == "ok"]
-    if not ok:
-        return
-    fig, (a, b) = plt.subplots(1, 2, figsize=(13, 0.5 * len(ok) + 3), dpi=100)
-    names = [r.name for r in ok][::-1]
-    acc = [r.accuracy for r in ok][::-1]
-    f1 = [r.macro_f1 for r in ok][::-1]
-    y = np.arange(len(ok))
-    a.barh(y - 0.2, acc, 0.4, label="accuracy")
-    a.barh(y + 0.2, f1, 0.4, label="macro-F1")
-    a.set_yticks(y, names, fontsize=8)
-    lo = max(0.0, min(acc + f1) - 0.05)
-    a.set_xlim(lo, 1.0)
-    a.legend(loc="lower right")
-    a.set_title(f"ranked by {by} on {ok[0].eval_split} (best at top)")
-    for r in ok:
-        b.scatter(r.latency_ms or 0, r.accuracy, s=40 + 400 * (r.params / max(x.params for x in ok)), alpha=0.6)
-        b.annotate(r.name, (r.latency_ms or 0, r.accuracy), fontsize=7, xytext=(4, 4), textcoords="offset points")
-    b.set_xscale("log")
-    b.set_xlabel("latency ms / image (batch 1, log scale)")
-    b.set_ylabel("accuracy")
-    b.set_title("accuracy vs latency (marker area ~ parameters)")
-    fig.tight_layout()
-    fig.savefig(path, bbox_inches="tight")
-    plt.close(fig)
-
-
 def _parser() -> argparse.ArgumentParser:
+    """``compare``'s own options; any other option goes on to every run's ``fit``."""
     p = argparse.ArgumentParser(prog="lit-vision compare", add_help=False)
     p.add_argument("--data.root", dest="root")
     p.add_argument("--configs", nargs="+", default=[])
@@ -302,14 +261,34 @@ def compare(
     latency_runs: int = 30,
     extra: list[str] | None = None,
 ) -> list[Result]:
-    """Run, rank and write the comparison; returns the ranked results."""
+    """Run, rank and write the comparison; returns the ranked results.
+
+    Args:
+        experiments: The candidates (names must be unique).
+        root: The split folder every experiment trains and evaluates on.
+        out: Output folder for ``compare.{md,csv,json,png}`` and the TensorBoard logs.
+        max_epochs: Epochs per experiment (default: each config's own).
+        max_time: Wall-clock cap per experiment, minutes or ``DD:HH:MM:SS``.
+        rank_by: ``acc`` or ``f1``.
+        latency_runs: Timed batch-1 forward passes per model.
+        extra: Other fit options passed to every run.
+
+    Returns:
+        The results, best first, failed ones last.
+
+    Raises:
+        ValueError: Two experiments share a name.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     common = budget_args(max_epochs, max_time) + list(extra or [])
     names = [e.name for e in experiments]
     dupes = {n for n in names if names.count(n) > 1}
     if dupes:
-        raise ValueError(f"compare: experiment names repeat ({', '.join(sorted(dupes))}); add name=NAME to --variants")
+        raise ValueError(
+            f"compare: experiment names repeat ({', '.join(sorted(dupes))}); "
+            "add name=NAME to --variants"
+        )
     results = []
     t0 = time.perf_counter()
     for exp in experiments:
@@ -317,49 +296,19 @@ def compare(
             results.append(run_experiment(exp, root, out, common, latency_runs))
         except (Exception, SystemExit) as err:  # one broken candidate must not sink the others
             traceback.print_exc()
-            msg = str(err).strip().splitlines()[-1][:200] if str(err).strip() else type(err).__name__
+            msg = (
+                str(err).strip().splitlines()[-1][:200] if str(err).strip() else type(err).__name__
+            )
             results.append(Result(exp.name, exp.config, exp.overrides, status="failed", error=msg))
     ranked = rank(results, rank_by)
-    env = environment_info()
-    budget = " ".join(common) or "each config's own"
-    statement = winner_statement(ranked, rank_by)
-    table = table_markdown(ranked)
-    eval_split = next((r.eval_split for r in ranked if r.eval_split), "val")
-    caveat = ("" if eval_split == "test" else
-              "\n\nEvaluated on val/, which also picked each run's best checkpoint: optimistic for every "
-              "candidate alike. Add a test split (`split --test 0.1`) for an unbiased number.")
-    md = "\n".join([
-        f"# Comparison on `{root}`", "",
-        f"- budget per experiment: `{budget}`; seed 0; total wall time {time.perf_counter() - t0:.0f} s",
-        f"- machine: {env['cpu']}, {env['cpus_usable']} usable cores"
-        + (f", GPUs {', '.join(env['gpus'])}" if env["gpus"] else "")
-        + f"; torch {env['packages']['torch']}, lightning {env['packages']['lightning']}, timm {env['packages']['timm']}",
-        "- train time excludes validation; latency is the median of batch-1 forward passes on the "
-        "training device, uint8 input, after warm-up", "",
-        table, "", statement + caveat, "", "![comparison](compare.png)", ""])
-    (out / "compare.md").write_text(md)
-    with open(out / "compare.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(asdict(ranked[0]).keys()))
-        writer.writeheader()
-        for r in ranked:
-            writer.writerow({k: (" ".join(v) if isinstance(v, list) else v) for k, v in asdict(r).items()})
-    (out / "compare.json").write_text(json.dumps(
-        {"root": root, "budget": common, "rank_by": rank_by, "winner": ranked[0].name if ranked[0].status == "ok" else None,
-         "statement": statement, "results": [asdict(r) for r in ranked]}, indent=2) + "\n")
-    plot(ranked, out / "compare.png", rank_by)
-    # Each run's report says why it was (or was not) chosen.
-    for r in ranked:
-        rpath = Path(r.log_dir) / "report.json" if r.log_dir else None
-        if rpath is None or not rpath.is_file():
-            continue
-        rep = json.loads(rpath.read_text())
-        rep["model_selection"] = {
-            "statement": f"This run ({r.name}) ranked **{r.rank} of {sum(x.status == 'ok' for x in ranked)}** "
-                         f"in `lit-vision compare` (budget `{budget}`, table in `{out / 'compare.md'}`). {statement}",
-            "table_md": table,
-        }
-        rpath.write_text(json.dumps(rep, indent=2) + "\n")
-        (rpath.parent / "report.md").write_text(render_markdown(rep))
+    md = write_comparison(
+        ranked,
+        out,
+        root=root,
+        budget=common,
+        rank_by=rank_by,
+        seconds=time.perf_counter() - t0,
+    )
     print(md)
     return ranked
 
@@ -371,7 +320,9 @@ def main(args: list[str]) -> int:
         print(HELP)
         return 0
     if not opts.root:
-        raise FileNotFoundError("compare needs --data.root ROOT (a split folder with train/ and val/)")
+        raise FileNotFoundError(
+            "compare needs --data.root ROOT (a split folder with train/ and val/)"
+        )
     experiments = [Experiment(_safe(Path(c).stem), c) for c in opts.configs]
     experiments += [parse_variant(v) for v in opts.variants]
     if not experiments:
@@ -379,7 +330,17 @@ def main(args: list[str]) -> int:
     for e in experiments:
         if not Path(e.config).is_file():
             raise FileNotFoundError(f"compare: config {e.config} not found")
-    check_fit_options(experiments[0].config, opts.root, budget_args(opts.max_epochs, opts.max_time) + extra)
-    ranked = compare(experiments, opts.root, out=opts.out, max_epochs=opts.max_epochs, max_time=opts.max_time,
-                     rank_by=opts.rank_by, latency_runs=opts.latency_runs, extra=extra)
+    check_fit_options(
+        experiments[0].config, opts.root, budget_args(opts.max_epochs, opts.max_time) + extra
+    )
+    ranked = compare(
+        experiments,
+        opts.root,
+        out=opts.out,
+        max_epochs=opts.max_epochs,
+        max_time=opts.max_time,
+        rank_by=opts.rank_by,
+        latency_runs=opts.latency_runs,
+        extra=extra,
+    )
     return 0 if any(r.status == "ok" for r in ranked) else 1
