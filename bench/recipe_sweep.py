@@ -29,9 +29,31 @@ from lit_vision.folders import discover_classes, list_samples
 from lit_vision.models import CNNClassifier
 from lit_vision.schedulers import WarmupCosineLR
 
-BASE = dict(epochs=15, lr=2e-3, wd=5e-4, bs=64, warm=0.05, wstart=0.1, final=0.01, aug="batch",
-            channels=[32, 64, 128], cpb=2, bdrop=0.1, grid=4, hidden=256, drop=0.4, ls=0.1, norm="image",
-            rotate=10.0, scale=(0.9, 1.1), translate=0.1, shear=0.0, cj=0.3, opt="adamw", seed=0)
+BASE = dict(
+    epochs=15,
+    lr=2e-3,
+    wd=5e-4,
+    bs=64,
+    warm=0.05,
+    wstart=0.1,
+    final=0.01,
+    aug="batch",
+    channels=[32, 64, 128],
+    cpb=2,
+    bdrop=0.1,
+    grid=4,
+    hidden=256,
+    drop=0.4,
+    ls=0.1,
+    norm="image",
+    rotate=10.0,
+    scale=(0.9, 1.1),
+    translate=0.1,
+    shear=0.0,
+    cj=0.3,
+    opt="adamw",
+    seed=0,
+)
 
 
 class AlbumentationsDataset(torch.utils.data.Dataset):
@@ -69,19 +91,39 @@ def run(cfg: dict[str, Any], data: tuple, dev: str) -> dict[str, Any]:
     if c.get("clahe"):
         xtr, xva = clahe(xtr, c["clahe"]), clahe(xva, c["clahe"])
     # The product's module: its forward normalises (input_norm) and runs channels-last.
-    net = CNNClassifier(43, channels=c["channels"], convs_per_block=c["cpb"], block_dropout=c["bdrop"],
-                        pool_grid=c["grid"], hidden=c["hidden"], dropout=c["drop"], input_norm=c["norm"]).to(dev)
+    net = CNNClassifier(
+        43,
+        channels=c["channels"],
+        convs_per_block=c["cpb"],
+        block_dropout=c["bdrop"],
+        pool_grid=c["grid"],
+        hidden=c["hidden"],
+        dropout=c["drop"],
+        input_norm=c["norm"],
+    ).to(dev)
     net.configure_model()
     if c["opt"] == "adamw":
         opt = torch.optim.AdamW(net.parameters(), lr=c["lr"], weight_decay=c["wd"])
     else:
-        opt = torch.optim.SGD(net.parameters(), lr=c["lr"], momentum=0.9, nesterov=True, weight_decay=c["wd"])
+        opt = torch.optim.SGD(
+            net.parameters(), lr=c["lr"], momentum=0.9, nesterov=True, weight_decay=c["wd"]
+        )
     bs = c["bs"]
     steps_per_epoch = len(ytr) // bs
-    sched = WarmupCosineLR(opt, total_steps=steps_per_epoch * c["epochs"], warmup_fraction=c["warm"],
-                           warmup_start=c["wstart"], final_factor=c["final"])
-    aug = dict(rotate=c["rotate"], scale=tuple(c["scale"]), translate=c["translate"], shear=c["shear"],
-               color_jitter=c["cj"])
+    sched = WarmupCosineLR(
+        opt,
+        total_steps=steps_per_epoch * c["epochs"],
+        warmup_fraction=c["warm"],
+        warmup_start=c["wstart"],
+        final_factor=c["final"],
+    )
+    aug = dict(
+        rotate=c["rotate"],
+        scale=tuple(c["scale"]),
+        translate=c["translate"],
+        shear=c["shear"],
+        color_jitter=c["cj"],
+    )
     batch_aug = BatchAugment(**aug)
     xtr_t = torch.from_numpy(xtr).permute(0, 3, 1, 2).contiguous().to(dev)
     ytr_t = torch.from_numpy(ytr).long().to(dev)
@@ -89,15 +131,21 @@ def run(cfg: dict[str, Any], data: tuple, dev: str) -> dict[str, Any]:
     yva_t = torch.from_numpy(yva).long().to(dev)
     if c["aug"] == "sample":
         loader = torch.utils.data.DataLoader(
-            AlbumentationsDataset(xtr, ytr, train_transforms(**aug)), batch_size=bs, shuffle=True,
-            drop_last=True, num_workers=3, persistent_workers=True)
+            AlbumentationsDataset(xtr, ytr, train_transforms(**aug)),
+            batch_size=bs,
+            shuffle=True,
+            drop_last=True,
+            num_workers=3,
+            persistent_workers=True,
+        )
+
     def batches() -> Any:
         if c["aug"] == "sample":
             yield from ((x.to(dev), y.to(dev)) for x, y in loader)
             return
         perm = torch.randperm(len(ytr_t), device=dev)
         for i in range(steps_per_epoch):
-            idx = perm[i * bs:(i + 1) * bs]
+            idx = perm[i * bs : (i + 1) * bs]
             yield (batch_aug(xtr_t[idx]) if c["aug"] == "batch" else xtr_t[idx]), ytr_t[idx]
 
     ema = None
@@ -120,7 +168,9 @@ def run(cfg: dict[str, Any], data: tuple, dev: str) -> dict[str, Any]:
         evaluated = ema.module if ema is not None else net
         evaluated.eval()
         with torch.no_grad():
-            pred = torch.cat([evaluated(xva_t[i:i + 512]).argmax(1) for i in range(0, len(yva_t), 512)])
+            pred = torch.cat(
+                [evaluated(xva_t[i : i + 512]).argmax(1) for i in range(0, len(yva_t), 512)]
+            )
         hist.append(round((pred == yva_t).float().mean().item(), 4))
     return dict(cfg=cfg, hist=hist, best=max(hist), final=hist[-1], secs=round(time.time() - t0, 1))
 
@@ -144,7 +194,17 @@ VARIANTS = {
     "cpb3": dict(cpb=3),
     "oc5e-3_30": dict(epochs=30, lr=5e-3, warm=0.3, wstart=0.04, final=1e-3),
     "sample30": dict(aug="sample", epochs=30),
-    "strong_oc": dict(rotate=15.0, scale=(0.8, 1.2), translate=0.15, shear=8.0, cj=0.4, lr=5e-3, warm=0.3, wstart=0.04, final=1e-3),
+    "strong_oc": dict(
+        rotate=15.0,
+        scale=(0.8, 1.2),
+        translate=0.15,
+        shear=8.0,
+        cj=0.4,
+        lr=5e-3,
+        warm=0.3,
+        wstart=0.04,
+        final=1e-3,
+    ),
     "sgd": dict(opt="sgd", lr=0.05),
     "nols": dict(ls=0.0),
     "oc5e-3_25": dict(epochs=25, lr=5e-3, warm=0.3, wstart=0.04, final=1e-3),
@@ -159,6 +219,7 @@ VARIANTS = {
     "oc5e-3_30_bf16": dict(epochs=30, lr=5e-3, warm=0.3, wstart=0.04, final=1e-3, amp=True),
 }
 
+
 def load(root: str) -> tuple:
     """(train images, train targets, val images, val targets) of a split root, decoded at 32 px."""
     out = []
@@ -172,10 +233,18 @@ def load(root: str) -> tuple:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", help="split root (train/ val/) of GTSRB")
-    ap.add_argument("--npz", help="or: an .npz with train_x/train_y/val_x/val_y (uint8 NHWC at 32 px)")
-    ap.add_argument("--variants", default="all", help=f"comma-separated from: {', '.join(VARIANTS)}")
+    ap.add_argument(
+        "--npz", help="or: an .npz with train_x/train_y/val_x/val_y (uint8 NHWC at 32 px)"
+    )
+    ap.add_argument(
+        "--variants", default="all", help=f"comma-separated from: {', '.join(VARIANTS)}"
+    )
     ap.add_argument("--seeds", default="0")
-    ap.add_argument("--set", default="{}", help="JSON overrides applied to every variant, e.g. '{\"epochs\": 1}'")
+    ap.add_argument(
+        "--set",
+        default="{}",
+        help="JSON overrides applied to every variant, e.g. '{\"epochs\": 1}'",
+    )
     ap.add_argument("--out", default=None, help="append JSON lines here")
     args = ap.parse_args()
     names = list(VARIANTS) if args.variants == "all" else args.variants.split(",")

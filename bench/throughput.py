@@ -49,7 +49,10 @@ from lit_vision.split import split_dataset
 ROOT = Path(__file__).resolve().parents[1]
 
 # Each mode trains exactly what `fit --config` trains: the bench reads the config file.
-CONFIGS = {"gtsrb": ROOT / "configs" / "gtsrb_cnn.yaml", "catsdogs": ROOT / "configs" / "catsdogs_transfer.yaml"}
+CONFIGS = {
+    "gtsrb": ROOT / "configs" / "gtsrb_cnn.yaml",
+    "catsdogs": ROOT / "configs" / "catsdogs_transfer.yaml",
+}
 AUGMENT_KEYS = ("hflip", "vflip", "rotate", "scale", "translate", "shear", "color_jitter")
 
 
@@ -62,9 +65,24 @@ def import_class(path: str) -> Any:
 def _configured(mode: str, data: str, channels_last: bool, transfer_phase: str) -> LitVisionCLI:
     overrides = ["--model.init_args.channels_last", str(channels_last).lower()]
     if mode == "catsdogs":  # the transfer model held in one phase: head only, or blocks unfrozen
-        overrides += ["--model.init_args.freeze_epochs", str(10**6 if transfer_phase == "frozen" else 0)]
-    return build_cli(["--config", str(CONFIGS[mode]), "--data.root", data, "--data.num_workers", "0",
-                      "--trainer.logger", "false", *overrides], run=False)
+        overrides += [
+            "--model.init_args.freeze_epochs",
+            str(10**6 if transfer_phase == "frozen" else 0),
+        ]
+    return build_cli(
+        [
+            "--config",
+            str(CONFIGS[mode]),
+            "--data.root",
+            data,
+            "--data.num_workers",
+            "0",
+            "--trainer.logger",
+            "false",
+            *overrides,
+        ],
+        run=False,
+    )
 
 
 def configured(args: argparse.Namespace) -> LitVisionCLI:
@@ -77,8 +95,11 @@ def experiment(args: argparse.Namespace) -> dict[str, Any]:
     cli = configured(args)
     data = cli.config.data.init_args
     return {
-        "optimizer": cli.model.optimizer_factory, "scheduler": cli.model.scheduler_factory,
-        "image_size": data.get("image_size"),  # None: the model's own (a backbone's pretrained size)
+        "optimizer": cli.model.optimizer_factory,
+        "scheduler": cli.model.scheduler_factory,
+        "image_size": data.get(
+            "image_size"
+        ),  # None: the model's own (a backbone's pretrained size)
         "augment": {k: data.get(k) for k in AUGMENT_KEYS},
     }
 
@@ -98,7 +119,8 @@ class PeakRSS:
         while not self._stop.is_set():
             try:
                 total = proc.memory_info().rss + sum(
-                    c.memory_info().rss for c in proc.children(recursive=True))
+                    c.memory_info().rss for c in proc.children(recursive=True)
+                )
                 self.peak = max(self.peak, total)
             except psutil.Error:
                 pass
@@ -138,27 +160,45 @@ def image_size(args: argparse.Namespace, model: ImageClassifier) -> int:
 
 
 # ---------------------------------------------------------------- phases
-def naive_loaders(args: argparse.Namespace, model: ImageClassifier, with_val: bool) -> tuple[Any, Any]:
+def naive_loaders(
+    args: argparse.Namespace, model: ImageClassifier, with_val: bool
+) -> tuple[Any, Any]:
     from torchvision import datasets
     from torchvision import transforms as T
 
     size, aug = image_size(args, model), experiment(args)["augment"]
     # The model's input normalisation, as a transform: per-image standardisation (gtsrb_cnn's
     # input_norm: image) or the model's mean/std.
-    norm = (T.Lambda(lambda x: (x - x.mean()) / x.std().clamp_min(1 / 255)) if model.input_norm == "image"
-            else T.Normalize(model.mean.flatten().tolist(), model.std.flatten().tolist()))
+    norm = (
+        T.Lambda(lambda x: (x - x.mean()) / x.std().clamp_min(1 / 255))
+        if model.input_norm == "image"
+        else T.Normalize(model.mean.flatten().tolist(), model.std.flatten().tolist())
+    )
     train_tf = T.Compose(
         [T.Resize((size, size))]
         + ([T.RandomHorizontalFlip()] if aug["hflip"] else [])
-        + [T.RandomAffine(aug["rotate"], translate=(aug["translate"],) * 2, scale=aug["scale"]),
-           T.ColorJitter(aug["color_jitter"], aug["color_jitter"], aug["color_jitter"]),
-           T.ToTensor(), norm])
+        + [
+            T.RandomAffine(aug["rotate"], translate=(aug["translate"],) * 2, scale=aug["scale"]),
+            T.ColorJitter(aug["color_jitter"], aug["color_jitter"], aug["color_jitter"]),
+            T.ToTensor(),
+            norm,
+        ]
+    )
     eval_tf = T.Compose([T.Resize((size, size)), T.ToTensor(), norm])
     root = Path(args.data)
-    train = torch.utils.data.DataLoader(datasets.ImageFolder(root / "train", train_tf), batch_size=args.batch_size,
-                                        shuffle=True, num_workers=2)
-    val = (torch.utils.data.DataLoader(datasets.ImageFolder(root / "val", eval_tf), batch_size=args.batch_size,
-                                       num_workers=2) if with_val else None)
+    train = torch.utils.data.DataLoader(
+        datasets.ImageFolder(root / "train", train_tf),
+        batch_size=args.batch_size,
+        shuffle=True,
+        num_workers=2,
+    )
+    val = (
+        torch.utils.data.DataLoader(
+            datasets.ImageFolder(root / "val", eval_tf), batch_size=args.batch_size, num_workers=2
+        )
+        if with_val
+        else None
+    )
     return train, val
 
 
@@ -198,12 +238,19 @@ def phase_naive(args: argparse.Namespace, tta: bool = False) -> dict[str, Any]:
                     correct += (net(x).argmax(1) == y).sum().item()
                     total += len(y)
             acc = correct / total
-            history.append({"epoch": epoch, "val_acc": acc, "wall_s": time.perf_counter() - t_start})
+            history.append(
+                {"epoch": epoch, "val_acc": acc, "wall_s": time.perf_counter() - t_start}
+            )
             if acc >= args.target_acc and reached is None:
                 reached = history[-1]
                 break
-    return {"epoch_times": epoch_times, "samples": seen, "history": history, "reached": reached,
-            "n_train": n_train}
+    return {
+        "epoch_times": epoch_times,
+        "samples": seen,
+        "history": history,
+        "reached": reached,
+        "n_train": n_train,
+    }
 
 
 def phase_memory(args: argparse.Namespace) -> dict[str, Any]:
@@ -212,7 +259,9 @@ def phase_memory(args: argparse.Namespace) -> dict[str, Any]:
     samples = list_samples(Path(args.data) / "train", classes)
     torch.manual_seed(0)
     model = build_model(args, classes)
-    images = torch.from_numpy(decode_all([p for p, _ in samples], image_size(args, model))).permute(0, 3, 1, 2)
+    images = torch.from_numpy(decode_all([p for p, _ in samples], image_size(args, model))).permute(
+        0, 3, 1, 2
+    )
     targets = torch.tensor([t for _, t in samples])
     model.configure_model()
     model.train()
@@ -224,7 +273,7 @@ def phase_memory(args: argparse.Namespace) -> dict[str, Any]:
         for i in range(len(perm) // bs):
             if args.limit_batches and i >= args.limit_batches:
                 break
-            idx = perm[i * bs:(i + 1) * bs]
+            idx = perm[i * bs : (i + 1) * bs]
             x, y = images[idx], targets[idx]
             with autocast(args.precision):
                 loss = F.cross_entropy(model(x), y, label_smoothing=model.label_smoothing)
@@ -237,13 +286,22 @@ def phase_memory(args: argparse.Namespace) -> dict[str, Any]:
     return {"epoch_times": epoch_times, "samples": seen, "n_train": len(samples)}
 
 
-def lit_datamodule(args: argparse.Namespace, model: ImageClassifier, augment: str,
-                   cache_dir: str) -> ImageFolderDataModule:
-    return ImageFolderDataModule(args.data, image_size=image_size(args, model), batch_size=args.batch_size,
-                                 cache_dir=cache_dir, augment=augment, **experiment(args)["augment"])
+def lit_datamodule(
+    args: argparse.Namespace, model: ImageClassifier, augment: str, cache_dir: str
+) -> ImageFolderDataModule:
+    return ImageFolderDataModule(
+        args.data,
+        image_size=image_size(args, model),
+        batch_size=args.batch_size,
+        cache_dir=cache_dir,
+        augment=augment,
+        **experiment(args)["augment"],
+    )
 
 
-def phase_lit(args: argparse.Namespace, augment: str = "batch", tta: bool = False) -> dict[str, Any]:
+def phase_lit(
+    args: argparse.Namespace, augment: str = "batch", tta: bool = False
+) -> dict[str, Any]:
     """lit_vision through Trainer.fit; ``tta`` validates every epoch and records the target crossing."""
     import lightning as L
 
@@ -256,7 +314,9 @@ def phase_lit(args: argparse.Namespace, augment: str = "batch", tta: bool = Fals
     dm.setup("fit")
     cache_build_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    lit_datamodule(args, model, augment, cache_dir).setup("fit")  # second run: memory-maps the disk cache
+    lit_datamodule(args, model, augment, cache_dir).setup(
+        "fit"
+    )  # second run: memory-maps the disk cache
     cache_load_s = time.perf_counter() - t0
     epochs = args.tta_epochs if tta else args.epochs
     times: dict[str, Any] = {"epoch_times": [], "history": [], "reached": None}
@@ -272,24 +332,41 @@ def phase_lit(args: argparse.Namespace, augment: str = "batch", tta: bool = Fals
             if trainer.sanity_checking or "val/acc" not in trainer.callback_metrics:
                 return
             acc = float(trainer.callback_metrics["val/acc"])
-            times["history"].append({"epoch": trainer.current_epoch, "val_acc": acc,
-                                     "wall_s": time.perf_counter() - t_start})
+            times["history"].append(
+                {
+                    "epoch": trainer.current_epoch,
+                    "val_acc": acc,
+                    "wall_s": time.perf_counter() - t_start,
+                }
+            )
             if acc >= args.target_acc and times["reached"] is None:
                 times["reached"] = times["history"][-1]
                 if not args.full_tta:
                     trainer.should_stop = True
 
     trainer = L.Trainer(
-        max_epochs=epochs, accelerator="cpu", devices=1, precision=args.precision, logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        limit_val_batches=1.0 if tta else 0, num_sanity_val_steps=2 if tta else 0,
-        limit_train_batches=args.limit_batches or 1.0, callbacks=[Timer()],
+        max_epochs=epochs,
+        accelerator="cpu",
+        devices=1,
+        precision=args.precision,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=1.0 if tta else 0,
+        num_sanity_val_steps=2 if tta else 0,
+        limit_train_batches=args.limit_batches or 1.0,
+        callbacks=[Timer()],
     )
     trainer.fit(model, datamodule=dm)
     per_epoch = trainer.num_training_batches * args.batch_size
-    times.update(samples=[per_epoch] * len(times["epoch_times"]), cache_build_s=cache_build_s,
-                 cache_load_s=cache_load_s, num_workers=dm._workers(dm.datasets["train"]),
-                 n_train=len(dm.datasets["train"]))
+    times.update(
+        samples=[per_epoch] * len(times["epoch_times"]),
+        cache_build_s=cache_build_s,
+        cache_load_s=cache_load_s,
+        num_workers=dm._workers(dm.datasets["train"]),
+        n_train=len(dm.datasets["train"]),
+    )
     return times
 
 
@@ -337,21 +414,39 @@ def main() -> None:
     p.add_argument("--data", required=True, help="split root (train/ val/) or raw class folders")
     p.add_argument("--mode", choices=["gtsrb", "catsdogs"], default="gtsrb")
     p.add_argument("--phases", default="naive,memory,lit,lit-sample,tta-naive,tta-lit")
-    p.add_argument("--precision", default=None, help="bf16-mixed or 32-true (default: bf16 if native)")
-    p.add_argument("--naive-precision", default="32-true",
-                   help="precision of the naive loop: the course recipe is fp32 (32-true); pass "
-                        "'same' to give it the precision of the other phases")
-    p.add_argument("--batch-size", type=int, default=None, help="default 128 (gtsrb), 32 (catsdogs)")
+    p.add_argument(
+        "--precision", default=None, help="bf16-mixed or 32-true (default: bf16 if native)"
+    )
+    p.add_argument(
+        "--naive-precision",
+        default="32-true",
+        help="precision of the naive loop: the course recipe is fp32 (32-true); pass "
+        "'same' to give it the precision of the other phases",
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=None, help="default 128 (gtsrb), 32 (catsdogs)"
+    )
     p.add_argument("--epochs", type=int, default=3, help="throughput epochs; the first is excluded")
     p.add_argument("--limit-batches", type=int, default=0, help="batches per epoch (0: all)")
     p.add_argument("--tta-epochs", type=int, default=30)
     p.add_argument("--target-acc", type=float, default=0.97)
-    p.add_argument("--full-tta", action="store_true", help="lit tta: train all epochs (final accuracy)")
-    p.add_argument("--transfer-phase", choices=["frozen", "unfrozen"], default="unfrozen",
-                   help="catsdogs: train the head only, or the head and the last 3 backbone blocks")
+    p.add_argument(
+        "--full-tta", action="store_true", help="lit tta: train all epochs (final accuracy)"
+    )
+    p.add_argument(
+        "--transfer-phase",
+        choices=["frozen", "unfrozen"],
+        default="unfrozen",
+        help="catsdogs: train the head only, or the head and the last 3 backbone blocks",
+    )
     p.add_argument("--model-class", default=None, help="catsdogs: dotted LightningModule class")
     p.add_argument("--no-channels-last", action="store_true")
-    p.add_argument("--repeat", type=int, default=1, help="interleaved runs of each throughput phase (best kept)")
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="interleaved runs of each throughput phase (best kept)",
+    )
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--out", default=str(ROOT / "bench" / "results"))
     p.add_argument("--tag", default="")
@@ -377,13 +472,31 @@ def main() -> None:
         order += [p for p in phases if p.startswith("tta")]
         for i, phase in enumerate(order):
             out = Path(tmp) / f"{phase}-{i}.json"
-            cmd = [sys.executable, __file__, *sys.argv[1:], "--data", args.data, "--phase", phase,
-                   "--child-out", str(out), "--precision", args.precision,
-                   "--batch-size", str(args.batch_size), "--naive-precision", args.naive_precision]
+            cmd = [
+                sys.executable,
+                __file__,
+                *sys.argv[1:],
+                "--data",
+                args.data,
+                "--phase",
+                phase,
+                "--child-out",
+                str(out),
+                "--precision",
+                args.precision,
+                "--batch-size",
+                str(args.batch_size),
+                "--naive-precision",
+                args.naive_precision,
+            ]
             print(f"[bench] {phase} ...", flush=True)
-            proc = subprocess.run(cmd, stdout=subprocess.DEVNULL if not os.getenv("BENCH_VERBOSE") else None)
+            proc = subprocess.run(
+                cmd, stdout=subprocess.DEVNULL if not os.getenv("BENCH_VERBOSE") else None
+            )
             if proc.returncode:
-                raise SystemExit(f"phase {phase} failed (exit {proc.returncode}); rerun with BENCH_VERBOSE=1")
+                raise SystemExit(
+                    f"phase {phase} failed (exit {proc.returncode}); rerun with BENCH_VERBOSE=1"
+                )
             runs.setdefault(phase, []).append(json.loads(out.read_text()))
             print(f"\n[bench] {phase}: {summary_line(phase, runs[phase][-1])}", flush=True)
         results = {}
@@ -397,8 +510,11 @@ def main() -> None:
 def summary_line(phase: str, r: dict[str, Any]) -> str:
     if phase.startswith("tta"):
         reached = r["reached"]
-        return (f"reached {args_target(r)} at {reached['wall_s']:.1f} s (epoch {reached['epoch'] + 1})"
-                if reached else f"not reached; best {max(h['val_acc'] for h in r['history']):.4f}")
+        return (
+            f"reached {args_target(r)} at {reached['wall_s']:.1f} s (epoch {reached['epoch'] + 1})"
+            if reached
+            else f"not reached; best {max(h['val_acc'] for h in r['history']):.4f}"
+        )
     s = steady(r)
     return f"{s['img_s']:.0f} img/s, {s['epoch_s']:.2f} s/epoch, peak RSS {r['peak_rss_mb']:.0f} MB"
 
@@ -408,21 +524,39 @@ def args_target(r: dict[str, Any]) -> str:
 
 
 def report(args: argparse.Namespace, results: dict[str, Any]) -> None:
-    machine = (f"{platform.processor() or platform.machine()}, {psutil.cpu_count()} CPUs, "
-               f"torch {torch.__version__}, {args.precision}, batch {args.batch_size}")
+    machine = (
+        f"{platform.processor() or platform.machine()}, {psutil.cpu_count()} CPUs, "
+        f"torch {torch.__version__}, {args.precision}, batch {args.batch_size}"
+    )
     try:
-        model_name = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                          if line.startswith("model name"))
+        model_name = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
         machine = f"{model_name}, " + machine
     except (OSError, StopIteration):
         pass
-    rows, summary = [], {"machine": machine, "mode": args.mode, "data": args.data,
-                         "precision": args.precision, "naive_precision": args.naive_precision, "batch_size": args.batch_size,
-                         "channels_last": not args.no_channels_last, "repeat": args.repeat, "phases": results}
-    names = {"naive": f"(a) naive: ImageFolder + PIL + torchvision, 2 workers, {args.naive_precision}, NCHW",
-             "memory": "(b) in-memory tensors (compute limit)",
-             "lit": "(c) lit_vision Trainer.fit (cache + batch aug)",
-             "lit-sample": "(c') lit_vision, albumentations per sample"}
+    rows, summary = (
+        [],
+        {
+            "machine": machine,
+            "mode": args.mode,
+            "data": args.data,
+            "precision": args.precision,
+            "naive_precision": args.naive_precision,
+            "batch_size": args.batch_size,
+            "channels_last": not args.no_channels_last,
+            "repeat": args.repeat,
+            "phases": results,
+        },
+    )
+    names = {
+        "naive": f"(a) naive: ImageFolder + PIL + torchvision, 2 workers, {args.naive_precision}, NCHW",
+        "memory": "(b) in-memory tensors (compute limit)",
+        "lit": "(c) lit_vision Trainer.fit (cache + batch aug)",
+        "lit-sample": "(c') lit_vision, albumentations per sample",
+    }
     for phase, label in names.items():
         if phase in results:
             s = steady(results[phase])
@@ -432,11 +566,26 @@ def report(args: argparse.Namespace, results: dict[str, Any]) -> None:
                 extra = f"cache build {r['cache_build_s']:.1f} s, reload {r['cache_load_s']:.2f} s, {r['num_workers']} workers"
             runs = results[phase].get("runs_img_s")
             if runs:
-                extra = f"best of {len(runs)} ({', '.join(f'{r:.0f}' for r in runs)})" + (f"; {extra}" if extra else "")
-            rows.append((label, f"{s['img_s']:.0f}", f"{s['epoch_s']:.2f}", f"{results[phase]['peak_rss_mb']:.0f}", extra))
+                extra = f"best of {len(runs)} ({', '.join(f'{r:.0f}' for r in runs)})" + (
+                    f"; {extra}" if extra else ""
+                )
+            rows.append(
+                (
+                    label,
+                    f"{s['img_s']:.0f}",
+                    f"{s['epoch_s']:.2f}",
+                    f"{results[phase]['peak_rss_mb']:.0f}",
+                    extra,
+                )
+            )
             summary[f"{phase}_img_s"] = s["img_s"]
-    for num, den in (("lit", "naive"), ("lit", "memory"), ("lit-sample", "naive"), ("lit-sample", "memory"),
-                     ("naive", "memory")):
+    for num, den in (
+        ("lit", "naive"),
+        ("lit", "memory"),
+        ("lit-sample", "naive"),
+        ("lit-sample", "memory"),
+        ("naive", "memory"),
+    ):
         if f"{num}_img_s" in summary and f"{den}_img_s" in summary:
             summary[f"ratio_{num}/{den}"] = summary[f"{num}_img_s"] / summary[f"{den}_img_s"]
     tta = {}
@@ -451,8 +600,12 @@ def report(args: argparse.Namespace, results: dict[str, Any]) -> None:
     if tta.get("tta-naive") and tta.get("tta-lit"):
         summary["tta_speedup"] = tta["tta-naive"] / tta["tta-lit"]
 
-    lines = [f"Machine: {machine}", "", "| pipeline | images/s | epoch s | peak RSS MB | notes |",
-             "| --- | ---: | ---: | ---: | --- |"]
+    lines = [
+        f"Machine: {machine}",
+        "",
+        "| pipeline | images/s | epoch s | peak RSS MB | notes |",
+        "| --- | ---: | ---: | ---: | --- |",
+    ]
     lines += [f"| {' | '.join(r)} |" for r in rows]
     lines.append("")
     for key in sorted(k for k in summary if k.startswith("ratio_")):
@@ -460,10 +613,15 @@ def report(args: argparse.Namespace, results: dict[str, Any]) -> None:
     for phase in ("tta-naive", "tta-lit"):
         if phase in results:
             r = results[phase]
-            where = (f"{r['reached']['wall_s']:.0f} s (epoch {r['reached']['epoch'] + 1})" if r["reached"]
-                     else f"not within {len(r['history'])} epochs")
-            lines.append(f"- time to val/acc >= {args.target_acc} ({phase[4:]}): {where}; best val/acc "
-                         f"{summary[f'{phase}_best_acc']:.4f}, peak RSS {r['peak_rss_mb']:.0f} MB")
+            where = (
+                f"{r['reached']['wall_s']:.0f} s (epoch {r['reached']['epoch'] + 1})"
+                if r["reached"]
+                else f"not within {len(r['history'])} epochs"
+            )
+            lines.append(
+                f"- time to val/acc >= {args.target_acc} ({phase[4:]}): {where}; best val/acc "
+                f"{summary[f'{phase}_best_acc']:.4f}, peak RSS {r['peak_rss_mb']:.0f} MB"
+            )
     if "tta_speedup" in summary:
         lines.append(f"- time-to-accuracy speed-up: **{summary['tta_speedup']:.2f}x**")
     text = "\n".join(lines)

@@ -12,8 +12,17 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
-def write_images(folder: Path, n: int, *, size: int = 20, seed: int = 0, fmt: str = "png",
-                 prefix: str = "img", mode: str = "RGB", label: int = 0) -> list[Path]:
+def write_images(
+    folder: Path,
+    n: int,
+    *,
+    size: int = 20,
+    seed: int = 0,
+    fmt: str = "png",
+    prefix: str = "img",
+    mode: str = "RGB",
+    label: int = 0,
+) -> list[Path]:
     """Write ``n`` small random images whose mean colour depends on ``label`` (learnable)."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
@@ -38,8 +47,9 @@ def make_raw_tree(root: Path, classes: int = 3, per_class: int = 12, **kw) -> Pa
     return root
 
 
-def make_split_tree(root: Path, classes: int = 3, train: int = 8, val: int = 4, test: int = 4,
-                    size: int = 20) -> Path:
+def make_split_tree(
+    root: Path, classes: int = 3, train: int = 8, val: int = 4, test: int = 4, size: int = 20
+) -> Path:
     """ROOT/{train,val,test}/CLASS/*.png: an already split tree."""
     for c in range(classes):
         write_images(root / "train" / f"class_{c}", train, seed=c, label=c, size=size)

@@ -39,7 +39,9 @@ def messy_tree(root: Path) -> dict[str, Path]:
     rng = np.random.default_rng(0)
     rgb = Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8))
     rgb.convert("CMYK").save(root / "train" / "class_0" / "cmyk.jpg")
-    Image.fromarray(rng.integers(0, 65535, (20, 20), dtype=np.uint16)).save(root / "train" / "class_0" / "deep.png")
+    Image.fromarray(rng.integers(0, 65535, (20, 20), dtype=np.uint16)).save(
+        root / "train" / "class_0" / "deep.png"
+    )
     rgb.convert("P").save(root / "train" / "class_0" / "palette.gif")
     jfif = root / "train" / "class_0" / "photo.jfif"  # an image our extensions do not cover
     rgb.save(jfif, "JPEG")
@@ -48,7 +50,9 @@ def messy_tree(root: Path) -> dict[str, Path]:
 
 def test_scan_finds_each_fault(tmp_path: Path) -> None:
     paths = messy_tree(tmp_path / "d")
-    (tmp_path / "d" / "val" / "class_1").rename(tmp_path / "d" / "val_class_1_moved")  # class missing from val
+    (tmp_path / "d" / "val" / "class_1").rename(
+        tmp_path / "d" / "val_class_1_moved"
+    )  # class missing from val
     (tmp_path / "d" / "val" / "class_9").mkdir()  # class only in val, and empty
     report = scan_dataset(tmp_path / "d", size=32)
     kinds = {(f.kind, Path(f.path).name) for f in report.findings}
@@ -61,19 +65,32 @@ def test_scan_finds_each_fault(tmp_path: Path) -> None:
     assert ("missing_class", "class_1") in kinds
     assert ("extra_class", "class_9") in kinds
     assert ("empty_class", "class_9") in kinds
-    assert not any(Path(f.path).name in ("cmyk.jpg", "deep.png", "palette.gif") for f in report.findings)
+    assert not any(
+        Path(f.path).name in ("cmyk.jpg", "deep.png", "palette.gif") for f in report.findings
+    )
     assert len(report.ignored) == 2  # Thumbs.db, .DS_Store
     errors = {f.kind for f in report.errors}
     assert errors == {"unreadable", "leak", "unsupported_image", "extra_class"}
-    assert {f.kind for f in report.warnings} == {"duplicate", "not_image", "missing_class", "empty_class"}
+    assert {f.kind for f in report.warnings} == {
+        "duplicate",
+        "not_image",
+        "missing_class",
+        "empty_class",
+    }
     text = report.describe()
     assert "2 unreadable or truncated" in text and "leakage" in text
 
 
 def test_verify_mode_misses_truncated_jpeg_full_mode_finds_it(tmp_path: Path) -> None:
     paths = messy_tree(tmp_path / "d")
-    quick = {f.path for f in scan_dataset(tmp_path / "d", decode="verify").errors if f.kind == "unreadable"}
-    full = {f.path for f in scan_dataset(tmp_path / "d", decode="full").errors if f.kind == "unreadable"}
+    quick = {
+        f.path
+        for f in scan_dataset(tmp_path / "d", decode="verify").errors
+        if f.kind == "unreadable"
+    }
+    full = {
+        f.path for f in scan_dataset(tmp_path / "d", decode="full").errors if f.kind == "unreadable"
+    }
     assert str(paths["truncated_png"]) in quick and str(paths["truncated_jpg"]) not in quick
     assert {str(paths["truncated_png"]), str(paths["truncated_jpg"])} == full
 
@@ -100,7 +117,11 @@ def test_datamodule_skip_loses_no_image(tmp_path: Path, cache: bool) -> None:
         dm.setup("fit")
     skipped = {paths[k] for k in ("truncated_jpg", "truncated_png", "leak", "jfif")}
     assert {Path(p) for p in dm.skipped} == skipped
-    images = {p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in {".png", ".jpg", ".gif", ".jfif"}}
+    images = {
+        p
+        for p in root.rglob("*")
+        if p.is_file() and p.suffix.lower() in {".png", ".jpg", ".gif", ".jfif"}
+    }
     used = {Path(p) for split in ("train", "val") for p, _ in dm.datasets[split].samples}
     assert used | skipped == images and not used & skipped  # every image used or reported
     for split in ("train", "val"):
@@ -152,7 +173,19 @@ def test_check_command(tmp_path: Path, split_tree: Path, capsys: pytest.CaptureF
 def test_fit_stops_before_first_epoch(tmp_path: Path) -> None:
     messy_tree(tmp_path / "d")
     with pytest.raises(DataError, match="unreadable"):
-        run_command(["fit", "--config", "configs/gtsrb_cnn.yaml", "--data.root", str(tmp_path / "d"),
-              "--trainer.fast_dev_run", "true", "--data.num_workers", "0",
-              "--trainer.logger.init_args.save_dir", str(tmp_path / "tb")])
+        run_command(
+            [
+                "fit",
+                "--config",
+                "configs/gtsrb_cnn.yaml",
+                "--data.root",
+                str(tmp_path / "d"),
+                "--trainer.fast_dev_run",
+                "true",
+                "--data.num_workers",
+                "0",
+                "--trainer.logger.init_args.save_dir",
+                str(tmp_path / "tb"),
+            ]
+        )
     assert not (tmp_path / "tb").exists() or not list((tmp_path / "tb").rglob("*.ckpt"))

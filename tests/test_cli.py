@@ -17,8 +17,17 @@ CONFIGS = sorted(p for p in (REPO / "configs").glob("*.yaml") if "data:" in p.re
 
 
 def _fit_args(config: Path, tmp_path: Path, root: Path | None) -> list[str]:
-    args = ["fit", "--config", str(config), "--trainer.fast_dev_run", "true",
-            "--trainer.logger.init_args.save_dir", str(tmp_path / "tb"), "--data.num_workers", "0"]
+    args = [
+        "fit",
+        "--config",
+        str(config),
+        "--trainer.fast_dev_run",
+        "true",
+        "--trainer.logger.init_args.save_dir",
+        str(tmp_path / "tb"),
+        "--data.num_workers",
+        "0",
+    ]
     if root is not None:
         args += ["--data.root", str(root)]
     return args
@@ -38,7 +47,9 @@ def toy_backbone(arch: str, **kwargs: object) -> torch.nn.Module:
 def test_every_config_fits(config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # digits materialise under ./data, logs under tmp_path
     monkeypatch.setattr("lit_vision.networks.create_timm_model", toy_backbone)
-    root = None if "digits" in config.stem else make_split_tree(tmp_path / "data", classes=3, size=24)
+    root = (
+        None if "digits" in config.stem else make_split_tree(tmp_path / "data", classes=3, size=24)
+    )
     cli = run_command(_fit_args(config, tmp_path, root))
     assert cli.trainer.state.finished
     assert cli.model.num_classes == (10 if root is None else 3)
@@ -48,9 +59,23 @@ def test_every_config_fits(config: Path, tmp_path: Path, monkeypatch: pytest.Mon
 
 def test_logs_config_hparams_and_checkpoints(tmp_path: Path) -> None:
     root = make_split_tree(tmp_path / "data", classes=2, size=16)
-    cli = run_command(["fit", "--config", str(REPO / "configs/gtsrb_cnn.yaml"), "--data.root", str(root),
-                "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "2",
-                "--data.num_workers", "0", "--trainer.logger.init_args.save_dir", str(tmp_path / "tb")])
+    cli = run_command(
+        [
+            "fit",
+            "--config",
+            str(REPO / "configs/gtsrb_cnn.yaml"),
+            "--data.root",
+            str(root),
+            "--trainer.max_epochs",
+            "2",
+            "--trainer.limit_train_batches",
+            "2",
+            "--data.num_workers",
+            "0",
+            "--trainer.logger.init_args.save_dir",
+            str(tmp_path / "tb"),
+        ]
+    )
     run = tmp_path / "tb" / "gtsrb_cnn" / "version_0"
     assert (run / "config.yaml").is_file() and (run / "hparams.yaml").is_file()
     assert list(run.glob("events.out.tfevents.*"))
@@ -63,8 +88,16 @@ def test_logs_config_hparams_and_checkpoints(tmp_path: Path) -> None:
 
 def test_validate_and_test_subcommands(tmp_path: Path) -> None:
     root = make_split_tree(tmp_path / "data", classes=2, size=16)
-    common = ["--config", str(REPO / "configs/gtsrb_cnn.yaml"), "--data.root", str(root),
-              "--data.num_workers", "0", "--trainer.logger.init_args.save_dir", str(tmp_path / "tb")]
+    common = [
+        "--config",
+        str(REPO / "configs/gtsrb_cnn.yaml"),
+        "--data.root",
+        str(root),
+        "--data.num_workers",
+        "0",
+        "--trainer.logger.init_args.save_dir",
+        str(tmp_path / "tb"),
+    ]
     cli = run_command(["test", *common])
     assert "test/acc" in cli.trainer.callback_metrics
     cli = run_command(["validate", *common])
@@ -72,8 +105,13 @@ def test_validate_and_test_subcommands(tmp_path: Path) -> None:
 
 
 def test_help_lists_subcommands() -> None:
-    out = subprocess.run([sys.executable, "-m", "lit_vision", "--help"], capture_output=True, text=True,
-                         cwd=REPO, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "lit_vision", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert out.returncode == 0
     for word in ("fit", "validate", "test", "predict", "split"):
         assert word in out.stdout
@@ -81,9 +119,20 @@ def test_help_lists_subcommands() -> None:
 
 def test_user_error_is_one_line(tmp_path: Path) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "lit_vision", "fit", "--config", "configs/gtsrb_cnn.yaml",
-         "--data.root", str(tmp_path / "nowhere")],
-        capture_output=True, text=True, cwd=REPO, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "lit_vision",
+            "fit",
+            "--config",
+            "configs/gtsrb_cnn.yaml",
+            "--data.root",
+            str(tmp_path / "nowhere"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
     )
     assert out.returncode != 0
     assert "nowhere" in out.stderr and "Traceback" not in out.stderr
@@ -104,26 +153,63 @@ def test_console_script_exits_zero_on_success(tmp_path: Path) -> None:
         pytest.skip("the lit-vision console script is not installed in this environment")
     root = make_split_tree(tmp_path / "data", classes=2, size=16)
     out = subprocess.run(
-        [str(script), "fit", "--config", "configs/gtsrb_cnn.yaml", "--data.root", str(root),
-         "--trainer.fast_dev_run", "true", "--trainer.logger", "false", "--data.num_workers", "0",
-         "--trainer.default_root_dir", str(tmp_path)],
-        capture_output=True, text=True, cwd=REPO, timeout=300,
+        [
+            str(script),
+            "fit",
+            "--config",
+            "configs/gtsrb_cnn.yaml",
+            "--data.root",
+            str(root),
+            "--trainer.fast_dev_run",
+            "true",
+            "--trainer.logger",
+            "false",
+            "--data.num_workers",
+            "0",
+            "--trainer.default_root_dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "Traceback" not in out.stderr and "LitVisionCLI object" not in out.stderr
 
 
-def test_option_errors_name_the_real_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_option_errors_name_the_real_option(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Extra subcommands: a bad value is one line with exit 2; the hyphen spelling is an alias."""
     from conftest import make_raw_tree
 
     raw = make_raw_tree(tmp_path / "raw", classes=2, per_class=4)
-    assert main(["split", "--src", str(raw), "--dst", str(tmp_path / "a"), "--val", "0.5",
-                 "--group-regex", "^(img)"]) == 0
+    assert (
+        main(
+            [
+                "split",
+                "--src",
+                str(raw),
+                "--dst",
+                str(tmp_path / "a"),
+                "--val",
+                "0.5",
+                "--group-regex",
+                "^(img)",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert main(["split", "--src", str(raw), "--dst", str(tmp_path / "b"), "--val", "lots"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "val" in err
-    assert main(["split", "--src", str(raw), "--dst", str(tmp_path / "c"), "--group_regex", "(unclosed"]) == 2
+    assert (
+        main(
+            ["split", "--src", str(raw), "--dst", str(tmp_path / "c"), "--group_regex", "(unclosed"]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "--group_regex" in err and "--group-regex" not in err

@@ -35,18 +35,41 @@ def test_budget_args() -> None:
 
 def test_compare_two_cnns_ranks_and_reports(tmp_path: Path, split_tree: Path) -> None:
     out = tmp_path / "cmp"
-    rc = main(["compare", "--data.root", str(split_tree), "--configs", CONFIG,
-               "--variants", f"{CONFIG} model.channels=[8,16] model.hidden=0 name=small",
-               f"{CONFIG} model.no_such_option=1 name=broken",
-               "--max_epochs", "1", "--out", str(out), "--latency_runs", "3",
-               "--data.image_size", "16", "--data.num_workers", "0",
-               "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"])
+    rc = main(
+        [
+            "compare",
+            "--data.root",
+            str(split_tree),
+            "--configs",
+            CONFIG,
+            "--variants",
+            f"{CONFIG} model.channels=[8,16] model.hidden=0 name=small",
+            f"{CONFIG} model.no_such_option=1 name=broken",
+            "--max_epochs",
+            "1",
+            "--out",
+            str(out),
+            "--latency_runs",
+            "3",
+            "--data.image_size",
+            "16",
+            "--data.num_workers",
+            "0",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.enable_model_summary",
+            "false",
+        ]
+    )
     assert rc == 0
     with open(out / "compare.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert [r["name"] for r in rows][2] == "broken" and rows[2]["status"] == "failed"
     ok = rows[:2]
-    assert {r["name"] for r in ok} == {"gtsrb_cnn", "small"} and [r["rank"] for r in ok] == ["1", "2"]
+    assert {r["name"] for r in ok} == {"gtsrb_cnn", "small"} and [r["rank"] for r in ok] == [
+        "1",
+        "2",
+    ]
     for r in ok:
         assert r["eval_split"] == "test" and 0 <= float(r["accuracy"]) <= 1
         assert int(r["params"]) > 0 and float(r["train_seconds"]) > 0 and float(r["latency_ms"]) > 0
@@ -62,11 +85,28 @@ def test_compare_two_cnns_ranks_and_reports(tmp_path: Path, split_tree: Path) ->
     assert (out / "compare.png").stat().st_size > 1000
 
 
-def test_compare_refuses_a_typo_before_training(tmp_path: Path, split_tree: Path,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_compare_refuses_a_typo_before_training(
+    tmp_path: Path, split_tree: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """An option compare passes on to every fit is checked once, up front: one line, exit 2."""
-    rc = main(["compare", "--data.root", str(split_tree), "--configs", CONFIG, "--out", str(tmp_path / "c"),
-               "--trainer.max_epocs", "1"])
+    rc = main(
+        [
+            "compare",
+            "--data.root",
+            str(split_tree),
+            "--configs",
+            CONFIG,
+            "--out",
+            str(tmp_path / "c"),
+            "--trainer.max_epocs",
+            "1",
+        ]
+    )
     err = capsys.readouterr().err
-    assert rc == 2 and err.startswith("error: compare: ") and "max_epocs" in err and err.count("\n") == 1
+    assert (
+        rc == 2
+        and err.startswith("error: compare: ")
+        and "max_epocs" in err
+        and err.count("\n") == 1
+    )
     assert not (tmp_path / "c" / "tb").exists()

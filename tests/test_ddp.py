@@ -23,9 +23,20 @@ from lit_vision.distributed import lr_scale_factor
 from lit_vision.models import CNNClassifier
 
 GTSRB = str(REPO / "configs" / "gtsrb_cnn.yaml")
-TINY = ["--data.num_workers", "0", "--data.batch_size", "4", "--data.image_size", "16",
-        "--model.init_args.channels", "[8, 16]", "--model.init_args.hidden", "16",
-        "--trainer.enable_progress_bar", "false"]
+TINY = [
+    "--data.num_workers",
+    "0",
+    "--data.batch_size",
+    "4",
+    "--data.image_size",
+    "16",
+    "--model.init_args.channels",
+    "[8, 16]",
+    "--model.init_args.hidden",
+    "16",
+    "--trainer.enable_progress_bar",
+    "false",
+]
 
 
 def _event_scalars(log_dir: Path, tag: str) -> list[float]:
@@ -36,16 +47,41 @@ def _event_scalars(log_dir: Path, tag: str) -> list[float]:
     return [e.value for e in events.Scalars(tag)]
 
 
-def test_ddp_two_cpu_processes_match_single_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ddp_two_cpu_processes_match_single_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # 15 val images over 2 ranks: a padding DistributedSampler would score 16 (one twice).
     root = make_split_tree(tmp_path / "data", classes=3, train=10, val=5, test=0, size=16)
     tb = tmp_path / "tb"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "lit_vision", "fit", "--config", GTSRB,
-           "--config", str(REPO / "configs" / "ddp.yaml"),
-           "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
-           "--trainer.max_epochs", "1", "--scale_lr", "linear",
-           "--data.root", str(root), "--trainer.logger.init_args.save_dir", str(tb), *TINY]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "lit_vision",
+        "fit",
+        "--config",
+        GTSRB,
+        "--config",
+        str(REPO / "configs" / "ddp.yaml"),
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.devices",
+        "2",
+        "--trainer.strategy",
+        "ddp",
+        "--trainer.max_epochs",
+        "1",
+        "--scale_lr",
+        "linear",
+        "--data.root",
+        str(root),
+        "--trainer.logger.init_args.save_dir",
+        str(tb),
+        *TINY,
+    ]
     done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "world size 2" in done.stderr + done.stdout
@@ -55,7 +91,9 @@ def test_ddp_two_cpu_processes_match_single_process(tmp_path: Path, monkeypatch:
     assert [v.name for v in versions] == ["version_0"]
     run = versions[0]
     ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
-    assert len(ckpts) == 2 and "last.ckpt" in ckpts and ckpts[0].startswith("best-epoch00-acc"), ckpts
+    assert len(ckpts) == 2 and "last.ckpt" in ckpts and ckpts[0].startswith("best-epoch00-acc"), (
+        ckpts
+    )
     assert len(list(run.glob("events.out.tfevents.*"))) == 1
     assert not (tmp_path / "tb_logs").exists() and not (tmp_path / "lightning_logs").exists()
 
@@ -76,9 +114,24 @@ def test_ddp_two_cpu_processes_match_single_process(tmp_path: Path, monkeypatch:
     # The same weights evaluated in this one process give the same accuracy and loss
     # (the loss also checks that every rank evaluated rank 0's BatchNorm statistics).
     monkeypatch.chdir(tmp_path)
-    cli = run_command(["validate", "--config", GTSRB, "--data.root", str(root), "--trainer.logger", "false",
-                "--trainer.accelerator", "cpu", "--trainer.devices", "1",
-                "--ckpt_path", str(run / "checkpoints" / "last.ckpt"), *TINY])
+    cli = run_command(
+        [
+            "validate",
+            "--config",
+            GTSRB,
+            "--data.root",
+            str(root),
+            "--trainer.logger",
+            "false",
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.devices",
+            "1",
+            "--ckpt_path",
+            str(run / "checkpoints" / "last.ckpt"),
+            *TINY,
+        ]
+    )
     single = cli.trainer.callback_metrics
     assert float(single["val/acc"]) == pytest.approx(ddp_acc, abs=1e-6)
     assert float(single["val/loss"]) == pytest.approx(_event_scalars(run, "val/loss")[-1], rel=1e-4)
@@ -88,9 +141,14 @@ def test_ddp_two_cpu_processes_match_single_process(tmp_path: Path, monkeypatch:
 def test_eval_loaders_split_samples_once(split_tree: Path, world: int) -> None:
     seen: list[str] = []
     for rank in range(world):
-        dm = ImageFolderDataModule(split_tree, image_size=16, batch_size=5, num_workers=0, cache=False)
-        dm.trainer = SimpleNamespace(distributed_sampler_kwargs={"num_replicas": world, "rank": rank},
-                                     num_devices=world, lightning_module=None)
+        dm = ImageFolderDataModule(
+            split_tree, image_size=16, batch_size=5, num_workers=0, cache=False
+        )
+        dm.trainer = SimpleNamespace(
+            distributed_sampler_kwargs={"num_replicas": world, "rank": rank},
+            num_devices=world,
+            lightning_module=None,
+        )
         dm.setup("fit")
         ds = dm.datasets["val"]
         seen += [ds.samples[i][0] for i in dm.val_dataloader().sampler]
@@ -121,9 +179,16 @@ def test_lr_scaling_before_scheduler() -> None:
 
     from lit_vision.schedulers import WarmupCosineLR
 
-    model = CNNClassifier(3, channels=[8], hidden=0, optimizer=partial(torch.optim.SGD, lr=0.1),
-                          scheduler=partial(WarmupCosineLR, total_steps=100))
-    model._trainer = SimpleNamespace(world_size=4, accumulate_grad_batches=1, estimated_stepping_batches=100)
+    model = CNNClassifier(
+        3,
+        channels=[8],
+        hidden=0,
+        optimizer=partial(torch.optim.SGD, lr=0.1),
+        scheduler=partial(WarmupCosineLR, total_steps=100),
+    )
+    model._trainer = SimpleNamespace(
+        world_size=4, accumulate_grad_batches=1, estimated_stepping_batches=100
+    )
     model.scale_lr = "linear"
     config = model.configure_optimizers()
     assert config["optimizer"].param_groups[0]["initial_lr"] == pytest.approx(0.4)
@@ -135,7 +200,9 @@ def test_auto_precision(monkeypatch: pytest.MonkeyPatch) -> None:
     assert auto_precision("auto") == auto_precision("gpu") == auto_precision(None) == "32-true"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     native = {"bf16": True}
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native["bf16"])
+    monkeypatch.setattr(
+        torch.cuda, "is_bf16_supported", lambda including_emulation=True: native["bf16"]
+    )
     assert auto_precision("cpu") == "32-true"  # a GPU present but CPU asked for
     assert auto_precision("auto", "ddp") == auto_precision("cuda") == "bf16-mixed"
     assert auto_precision("gpu", "ddp_fork") == "16-mixed"  # no CUDA query before forking
@@ -144,8 +211,23 @@ def test_auto_precision(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_overlays_stack_without_clobbering(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["fit", "--config", GTSRB, "--config", str(REPO / "configs" / "ddp.yaml"),
-                 "--config", str(REPO / "configs" / "multinode.yaml"), "--data.root", "x", "--print_config"]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                "--config",
+                GTSRB,
+                "--config",
+                str(REPO / "configs" / "ddp.yaml"),
+                "--config",
+                str(REPO / "configs" / "multinode.yaml"),
+                "--data.root",
+                "x",
+                "--print_config",
+            ]
+        )
+        == 0
+    )
     config = yaml.safe_load(capsys.readouterr().out)
     assert config["trainer"]["strategy"] == "ddp" and config["trainer"]["num_nodes"] == 2
     assert config["trainer"]["logger"]["init_args"]["name"] == "gtsrb_cnn"

@@ -39,7 +39,9 @@ class TimmClassifier(ImageClassifier):
         class_names: list[str] | None = None,
         backbone: str = "efficientnet_lite0",
     ) -> None:
-        super().__init__(num_classes, class_names=class_names, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+        super().__init__(
+            num_classes, class_names=class_names, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)
+        )
         self.save_hyperparameters()
         self.net = timm.create_model(backbone, pretrained=False, num_classes=num_classes)
 
@@ -131,8 +133,9 @@ def test_export_timm_subclass_parity(tree: Path, tmp_path: Path) -> None:
         [0.25] * 3
     )
     # predict runs on the same subclass
-    result = run_predict(ckpt, [tree / "test"], tmp_path / "p.csv", device="cpu", quiet=True,
-                         trust_class=trust)
+    result = run_predict(
+        ckpt, [tree / "test"], tmp_path / "p.csv", device="cpu", quiet=True, trust_class=trust
+    )
     assert len(result.rows) == 12 and result.accuracy is not None
 
 

@@ -73,7 +73,9 @@ def seed_files() -> list[tuple[str, bytes]]:
 def mutate(data: bytes, rng: np.random.Generator) -> tuple[str, bytes]:
     """One random corruption: truncation, bit flips, zeroed or random runs, header damage."""
     n = len(data)
-    kind = rng.choice(["truncate", "flip", "zero_run", "random_run", "header", "insert", "empty", "tiny"])
+    kind = rng.choice(
+        ["truncate", "flip", "zero_run", "random_run", "header", "insert", "empty", "tiny"]
+    )
     b = bytearray(data)
     if kind == "truncate":
         return kind, bytes(b[: int(rng.integers(1, n))])
@@ -84,7 +86,11 @@ def mutate(data: bytes, rng: np.random.Generator) -> tuple[str, bytes]:
     if kind in ("zero_run", "random_run"):
         start = int(rng.integers(0, n))
         length = int(rng.integers(1, max(2, n // 4)))
-        fill = bytes(length) if kind == "zero_run" else rng.integers(0, 256, length, dtype=np.uint8).tobytes()
+        fill = (
+            bytes(length)
+            if kind == "zero_run"
+            else rng.integers(0, 256, length, dtype=np.uint8).tobytes()
+        )
         b[start : start + length] = fill[: max(0, min(length, n - start))]
         return kind, bytes(b)
     if kind == "header":  # damage the first 64 bytes, where sizes and counts live
@@ -93,7 +99,9 @@ def mutate(data: bytes, rng: np.random.Generator) -> tuple[str, bytes]:
         return kind, bytes(b)
     if kind == "insert":
         at = int(rng.integers(0, n))
-        return kind, bytes(b[:at]) + rng.integers(0, 256, int(rng.integers(1, 64)), dtype=np.uint8).tobytes() + bytes(b[at:])
+        return kind, bytes(b[:at]) + rng.integers(
+            0, 256, int(rng.integers(1, 64)), dtype=np.uint8
+        ).tobytes() + bytes(b[at:])
     if kind == "empty":
         return kind, b""
     return kind, bytes(b[: int(rng.integers(1, 16))])

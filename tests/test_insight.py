@@ -17,8 +17,14 @@ from lit_vision.insight import InsightCallback
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "configs" / "gtsrb_cnn.yaml")
-QUIET = ["--data.num_workers", "0", "--trainer.enable_progress_bar", "false",
-         "--trainer.enable_model_summary", "false"]
+QUIET = [
+    "--data.num_workers",
+    "0",
+    "--trainer.enable_progress_bar",
+    "false",
+    "--trainer.enable_model_summary",
+    "false",
+]
 
 
 def _events(log_dir: Path) -> EventAccumulator:
@@ -34,9 +40,26 @@ def fitted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 
     tmp = tmp_path_factory.mktemp("insight")
     tree = make_split_tree(tmp / "data", size=16)
-    cli = run_command(["fit", "--config", CONFIG, "--data.root", str(tree), "--data.image_size", "16",
-                "--trainer.max_epochs", "2", "--trainer.logger.init_args.save_dir", str(tmp / "tb"),
-                "--insight.worst_k", "4", "--trainer.log_every_n_steps", "1", *QUIET])
+    cli = run_command(
+        [
+            "fit",
+            "--config",
+            CONFIG,
+            "--data.root",
+            str(tree),
+            "--data.image_size",
+            "16",
+            "--trainer.max_epochs",
+            "2",
+            "--trainer.logger.init_args.save_dir",
+            str(tmp / "tb"),
+            "--insight.worst_k",
+            "4",
+            "--trainer.log_every_n_steps",
+            "1",
+            *QUIET,
+        ]
+    )
     cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best", verbose=False)
     log_dir = Path(cli.trainer.log_dir)
     return log_dir, json.loads((log_dir / "report.json").read_text())
@@ -70,12 +93,21 @@ def test_report_fields_are_filled(fitted: tuple[Path, dict]) -> None:
         assert ev["images"] == 12 and len(ev["per_class"]) == 3
         assert sum(c["support"] for c in ev["per_class"]) == 12
         assert 0 <= ev["macro_f1"] <= 1
-    assert r["final_metrics"]["test/acc"] == pytest.approx(r["evaluation"]["test"]["accuracy"], abs=1e-6)
+    assert r["final_metrics"]["test/acc"] == pytest.approx(
+        r["evaluation"]["test"]["accuracy"], abs=1e-6
+    )
     ck = r["checkpoints"]
     assert Path(ck["best"]).is_file() and Path(ck["last"]).is_file()
     md = (log_dir / "report.md").read_text()
-    for heading in ("## Environment", "## Dataset", "## Time per stage", "## Model", "## Metrics",
-                    "### Per class on val", "### Per class on test"):
+    for heading in (
+        "## Environment",
+        "## Dataset",
+        "## Time per stage",
+        "## Model",
+        "## Metrics",
+        "### Per class on val",
+        "### Per class on test",
+    ):
         assert heading in md
     assert "not measured" not in md and "not run" not in md
 
@@ -84,16 +116,26 @@ def test_tensorboard_has_figures_layout_and_hparams(fitted: tuple[Path, dict]) -
     log_dir, _ = fitted
     ea = _events(log_dir)
     tags = ea.Tags()
-    for tag in ("val/confusion_matrix", "val/worst_misclassified", "test/confusion_matrix",
-                "test/worst_misclassified"):
+    for tag in (
+        "val/confusion_matrix",
+        "val/worst_misclassified",
+        "test/confusion_matrix",
+        "test/worst_misclassified",
+    ):
         assert tag in tags["images"], tag
     assert len(ea.Images("val/confusion_matrix")) == 2  # every epoch with every_n_epochs 1
     assert "custom_scalars__config__" in tags["tensors"]
     content = ea.PluginTagToContent("hparams")
-    kinds = {plugin_data_pb2.HParamsPluginData.FromString(v).WhichOneof("data") for v in content.values()}
+    kinds = {
+        plugin_data_pb2.HParamsPluginData.FromString(v).WhichOneof("data") for v in content.values()
+    }
     assert {"experiment", "session_start_info", "session_end_info"} <= kinds
-    start = next(plugin_data_pb2.HParamsPluginData.FromString(v) for v in content.values()
-                 if plugin_data_pb2.HParamsPluginData.FromString(v).WhichOneof("data") == "session_start_info")
+    start = next(
+        plugin_data_pb2.HParamsPluginData.FromString(v)
+        for v in content.values()
+        if plugin_data_pb2.HParamsPluginData.FromString(v).WhichOneof("data")
+        == "session_start_info"
+    )
     assert "convs_per_block" in start.session_start_info.hparams
     hp = [e.value for e in ea.Scalars("hp_metric")]
     assert hp and hp[-1] != -1  # the real best val/acc, not Lightning's placeholder
@@ -117,9 +159,14 @@ def test_phase_attribute_is_timed_per_phase(tmp_path: Path, split_tree: Path) ->
     dm = ImageFolderDataModule(split_tree, image_size=16, batch_size=8, num_workers=0)
     model = _TwoPhaseCNN(dm.num_classes, class_names=dm.classes, channels=(8,), hidden=0)
     cb = InsightCallback(every_n_epochs=2, worst_k=0)
-    trainer = L.Trainer(max_epochs=2, logger=L.pytorch.loggers.TensorBoardLogger(tmp_path, name="p"),
-                        callbacks=[cb], enable_progress_bar=False, enable_model_summary=False,
-                        enable_checkpointing=False)
+    trainer = L.Trainer(
+        max_epochs=2,
+        logger=L.pytorch.loggers.TensorBoardLogger(tmp_path, name="p"),
+        callbacks=[cb],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
     trainer.fit(model, datamodule=dm)
     phases = cb.report["timing"]["train_phases"]
     assert list(phases) == ["frozen", "unfrozen"]
@@ -133,18 +180,50 @@ def test_phase_attribute_is_timed_per_phase(tmp_path: Path, split_tree: Path) ->
     assert (Path(trainer.log_dir) / "report.md").is_file()
 
 
-def test_fast_dev_run_writes_no_report(tmp_path: Path, split_tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fast_dev_run_writes_no_report(
+    tmp_path: Path, split_tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
-    main(["fit", "--config", CONFIG, "--data.root", str(split_tree), "--trainer.fast_dev_run", "true",
-          "--data.image_size", "16", *QUIET])
+    main(
+        [
+            "fit",
+            "--config",
+            CONFIG,
+            "--data.root",
+            str(split_tree),
+            "--trainer.fast_dev_run",
+            "true",
+            "--data.image_size",
+            "16",
+            *QUIET,
+        ]
+    )
     assert not list(tmp_path.rglob("report.*"))
 
 
-def test_lr_find_saves_plot_and_suggestion(tmp_path: Path, split_tree: Path, capsys: pytest.CaptureFixture) -> None:
+def test_lr_find_saves_plot_and_suggestion(
+    tmp_path: Path, split_tree: Path, capsys: pytest.CaptureFixture
+) -> None:
     out = tmp_path / "lrf"
-    rc = lr_find_main(["--config", CONFIG, "--data.root", str(split_tree), "--data.image_size", "16",
-                       "--data.batch_size", "4", "--num_training", "16", "--early_stop_threshold", "0",
-                       "--out", str(out), *QUIET])
+    rc = lr_find_main(
+        [
+            "--config",
+            CONFIG,
+            "--data.root",
+            str(split_tree),
+            "--data.image_size",
+            "16",
+            "--data.batch_size",
+            "4",
+            "--num_training",
+            "16",
+            "--early_stop_threshold",
+            "0",
+            "--out",
+            str(out),
+            *QUIET,
+        ]
+    )
     assert rc == 0
     result = json.loads((out / "gtsrb_cnn_lr_find.json").read_text())
     assert len(result["lr"]) == 16 and result["lr"][0] < result["lr"][-1]

@@ -12,7 +12,9 @@ from pathlib import Path
 from conftest import REPO
 
 PACKAGE = REPO / "src" / "lit_vision"
-MAX_MODULE_LINES = 420  # the target is ~350; data.py's documented DataModule signature is the largest
+MAX_MODULE_LINES = (
+    420  # the target is ~350; data.py's documented DataModule signature is the largest
+)
 MAX_FUNCTION_LINES = 60  # body lines, docstring excluded
 
 
@@ -25,9 +27,15 @@ def _imports(path: Path) -> set[str]:
     """lit_vision modules ``path`` imports anywhere in the file (module level or inside functions)."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("lit_vision"):
+        if (
+            isinstance(node, ast.ImportFrom)
+            and node.module
+            and node.module.startswith("lit_vision")
+        ):
             found.add(node.module)
-            found.update(f"{node.module}.{a.name}" for a in node.names)  # `from lit_vision import data`
+            found.update(
+                f"{node.module}.{a.name}" for a in node.names
+            )  # `from lit_vision import data`
         elif isinstance(node, ast.Import):
             found.update(a.name for a in node.names if a.name.startswith("lit_vision"))
     return found
@@ -36,7 +44,10 @@ def _imports(path: Path) -> set[str]:
 def import_graph() -> dict[str, set[str]]:
     """Module -> the package modules it imports."""
     modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
-    return {name: {m for m in _imports(path) if m in modules and m != name} for name, path in modules.items()}
+    return {
+        name: {m for m in _imports(path) if m in modules and m != name}
+        for name, path in modules.items()
+    }
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -49,7 +60,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(node)
         for nxt in sorted(graph[node]):
             if state.get(nxt) == 1:
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if nxt not in state and (cycle := visit(nxt)):
                 return cycle
         stack.pop()
@@ -66,7 +77,9 @@ def test_no_import_cycles() -> None:
     graph = import_graph()
     assert "lit_vision.cli" in graph and graph["lit_vision.commands.compare"]  # the graph is real
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph) or [])
-    assert not any("lit_vision.__main__" in deps for deps in graph.values()), "nothing imports __main__"
+    assert not any("lit_vision.__main__" in deps for deps in graph.values()), (
+        "nothing imports __main__"
+    )
 
 
 def test_the_cycle_finder_finds_cycles() -> None:
@@ -83,15 +96,25 @@ def test_modules_and_functions_are_small() -> None:
         for node in ast.walk(ast.parse(text)):
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
                 first = node.body[0]
-                doc = isinstance(first, ast.Expr) and isinstance(getattr(first, "value", None), ast.Constant)
+                doc = isinstance(first, ast.Expr) and isinstance(
+                    getattr(first, "value", None), ast.Constant
+                )
                 start = first.end_lineno + 1 if doc and len(node.body) > 1 else first.lineno
                 if node.end_lineno - start + 1 > MAX_FUNCTION_LINES:
-                    too_long.append(f"{path.name}:{node.lineno} {node.name}: {node.end_lineno - start + 1} lines")
+                    too_long.append(
+                        f"{path.name}:{node.lineno} {node.name}: {node.end_lineno - start + 1} lines"
+                    )
     assert not too_long, too_long
 
 
 def test_split_help_imports_no_torch() -> None:
-    code = ("import sys; from lit_vision.__main__ import main; rc = main(['split', '--help']); "
-            "print(rc, 'torch' in sys.modules, 'lightning' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
-    assert out.stdout.strip().splitlines()[-1] == "0 False False", out.stdout[-500:] + out.stderr[-500:]
+    code = (
+        "import sys; from lit_vision.__main__ import main; rc = main(['split', '--help']); "
+        "print(rc, 'torch' in sys.modules, 'lightning' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120
+    )
+    assert out.stdout.strip().splitlines()[-1] == "0 False False", (
+        out.stdout[-500:] + out.stderr[-500:]
+    )

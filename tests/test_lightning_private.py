@@ -23,7 +23,9 @@ def test_tensorboard_default_hp_metric(tmp_path) -> None:
 def test_model_checkpoint_last_global_step_saved() -> None:
     # resume.py refreshes last.ckpt at epoch end unless the callback saved at this step.
     assert ModelCheckpoint()._last_global_step_saved == 0
-    assert "_last_global_step_saved = trainer.global_step" in inspect.getsource(ModelCheckpoint._save_checkpoint)
+    assert "_last_global_step_saved = trainer.global_step" in inspect.getsource(
+        ModelCheckpoint._save_checkpoint
+    )
 
 
 def test_fit_loop_batch_progress_in_checkpoints() -> None:

@@ -17,9 +17,14 @@ TINY = "test_efficientnet"
 
 
 def test_base_saves_every_argument_of_the_concrete_class() -> None:
-    model = CNNClassifier(3, channels=(4,), hidden=0, scale_lr="sqrt",
-                          optimizer=partial(torch.optim.SGD, lr=0.1))
-    params = set(inspect.signature(CNNClassifier.__init__).parameters) - {"self", "optimizer", "scheduler"}
+    model = CNNClassifier(
+        3, channels=(4,), hidden=0, scale_lr="sqrt", optimizer=partial(torch.optim.SGD, lr=0.1)
+    )
+    params = set(inspect.signature(CNNClassifier.__init__).parameters) - {
+        "self",
+        "optimizer",
+        "scheduler",
+    }
     assert set(model.hparams) == params
     assert model.hparams["channels"] == (4,) and model.hparams["scale_lr"] == "sqrt"
     assert model.scale_lr == "sqrt"
@@ -40,7 +45,9 @@ def test_arguments_after_num_classes_are_keyword_only(cls: type) -> None:
     assert params[0].name == "num_classes"
     assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params[1:])
     base = set(inspect.signature(ImageClassifier.__init__).parameters)
-    assert base <= set(inspect.signature(cls.__init__).parameters)  # compile, input_norm, scale_lr...
+    assert base <= set(
+        inspect.signature(cls.__init__).parameters
+    )  # compile, input_norm, scale_lr...
     with pytest.raises(TypeError):
         CNNClassifier(3, ["a", "b", "c"])
 
@@ -70,8 +77,15 @@ def test_optimizer_lr_reads_the_factory_without_building_one() -> None:
 
 
 def test_transfer_classifier_takes_compile_input_norm_and_reads_its_head_lr() -> None:
-    model = TransferClassifier(3, backbone=TINY, pretrained=False, compile=True, input_norm="image",
-                               optimizer=partial(torch.optim.AdamW, lr=0.2), backbone_lr_scale=0.5)
+    model = TransferClassifier(
+        3,
+        backbone=TINY,
+        pretrained=False,
+        compile=True,
+        input_norm="image",
+        optimizer=partial(torch.optim.AdamW, lr=0.2),
+        backbone_lr_scale=0.5,
+    )
     assert model.compile and model.input_norm == "image" and model.hparams["compile"] is True
     assert model.head_lr() == 0.2 and model.param_groups()[1]["lr"] == pytest.approx(0.1)
     assert model.default_image_size == model.net.data_config()["input_size"][-1]

@@ -12,7 +12,9 @@ from lit_vision.networks import SimpleCNN
 @pytest.mark.parametrize("pooling", ["avg", "max", "avgmax", "catavgmax"])
 @pytest.mark.parametrize("hidden", [0, 32])
 def test_simple_cnn_every_parameter_gets_a_gradient(pooling: str, hidden: int) -> None:
-    net = SimpleCNN(5, channels=(8, 16), convs_per_block=2, pooling=pooling, hidden=hidden, dropout=0.1)
+    net = SimpleCNN(
+        5, channels=(8, 16), convs_per_block=2, pooling=pooling, hidden=hidden, dropout=0.1
+    )
     out = net(torch.randn(4, 3, 32, 32))
     assert out.shape == (4, 5)
     out.logsumexp(1).sum().backward()

@@ -195,7 +195,9 @@ def test_checkpoint_is_self_contained(tmp_path: Path) -> None:
     assert len(result.rows) == 6 and result.n_unreadable == 0 and result.accuracy is not None
 
 
-def test_predict_user_errors(trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_predict_user_errors(
+    trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     _, ckpt = trained
     with pytest.raises(CheckpointError, match="not found"):
         run_command(["predict", "--ckpt", str(tmp_path / "nope.ckpt"), "--input", str(tmp_path)])

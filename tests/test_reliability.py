@@ -29,26 +29,62 @@ ENV = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{REPO / 'tests'}"
 
 def fit_args(data: Path, save_dir: Path, *extra: str) -> list[str]:
     """A tiny, deterministic gtsrb_cnn run: 3 epochs of 6 batches, CPU, no loader workers."""
-    return ["fit", "--config", "configs/gtsrb_cnn.yaml", "--data.root", str(data),
-            "--data.num_workers", "0", "--data.batch_size", "8", "--data.image_size", "16",
-            "--model.init_args.channels", "[4,8]", "--model.init_args.hidden", "8",
-            "--trainer.max_epochs", "3", "--trainer.accelerator", "cpu", "--trainer.deterministic", "true",
-            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-            "--trainer.logger.init_args.save_dir", str(save_dir), *extra]
+    return [
+        "fit",
+        "--config",
+        "configs/gtsrb_cnn.yaml",
+        "--data.root",
+        str(data),
+        "--data.num_workers",
+        "0",
+        "--data.batch_size",
+        "8",
+        "--data.image_size",
+        "16",
+        "--model.init_args.channels",
+        "[4,8]",
+        "--model.init_args.hidden",
+        "8",
+        "--trainer.max_epochs",
+        "3",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.deterministic",
+        "true",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.enable_model_summary",
+        "false",
+        "--trainer.logger.init_args.save_dir",
+        str(save_dir),
+        *extra,
+    ]
 
 
 def run_cli(args: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lit_vision", *args], cwd=REPO, env=ENV,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "lit_vision", *args],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def inject(signal: str, epoch: int, batch: int) -> str:
     return "--trainer.callbacks+=" + json.dumps(
-        {"class_path": "faultinject.SignalAt", "init_args": {"epoch": epoch, "batch": batch, "signal": signal}})
+        {
+            "class_path": "faultinject.SignalAt",
+            "init_args": {"epoch": epoch, "batch": batch, "signal": signal},
+        }
+    )
 
 
 def final_state(save_dir: Path) -> dict[str, torch.Tensor]:
-    ckpt = torch.load(save_dir / "gtsrb_cnn" / "version_0" / "checkpoints" / "last.ckpt", weights_only=False)
+    ckpt = torch.load(
+        save_dir / "gtsrb_cnn" / "version_0" / "checkpoints" / "last.ckpt", weights_only=False
+    )
     # 3 epochs of 6 steps (epoch 3 when Lightning's on_train_end re-saved "last" after the loop)
     assert ckpt["epoch"] in (2, 3) and ckpt["global_step"] == 18
     return ckpt["state_dict"]
@@ -81,8 +117,9 @@ def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
     ],
     ids=["sigkill-epoch-ckpt", "sigkill-midepoch-ckpt", "sigterm"],
 )
-def test_interrupted_run_resumes_bitwise(tmp_path: Path, resume_data, signal: str, epoch: int, batch: int,
-                                          extra: list[str]) -> None:
+def test_interrupted_run_resumes_bitwise(
+    tmp_path: Path, resume_data, signal: str, epoch: int, batch: int, extra: list[str]
+) -> None:
     data, expected = resume_data
     killed = run_cli(fit_args(data, tmp_path, inject(signal, epoch, batch), *extra))
     if signal == "KILL":
@@ -100,7 +137,9 @@ def test_interrupted_run_resumes_bitwise(tmp_path: Path, resume_data, signal: st
     versions = sorted(p.name for p in (tmp_path / "gtsrb_cnn").iterdir())
     assert versions == ["version_0"]
     assert len(list((tmp_path / "gtsrb_cnn" / "version_0").glob("events.out.tfevents.*"))) == 2
-    assert sorted(p.name for p in (tmp_path / "gtsrb_cnn" / "version_0" / "checkpoints").glob("last*")) == ["last.ckpt"]
+    assert sorted(
+        p.name for p in (tmp_path / "gtsrb_cnn" / "version_0" / "checkpoints").glob("last*")
+    ) == ["last.ckpt"]
 
 
 def test_ckpt_path_last_without_checkpoint(tmp_path: Path, split_tree: Path) -> None:
@@ -108,7 +147,9 @@ def test_ckpt_path_last_without_checkpoint(tmp_path: Path, split_tree: Path) -> 
         run_command(fit_args(split_tree, tmp_path, "--ckpt_path", "last"))
 
 
-def test_atomic_checkpoint_keeps_old_file_on_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_atomic_checkpoint_keeps_old_file_on_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     io = AtomicCheckpointIO()
     path = tmp_path / "last.ckpt"
     io.save_checkpoint({"a": torch.ones(3)}, path)
@@ -126,14 +167,19 @@ def test_atomic_checkpoint_keeps_old_file_on_failure(tmp_path: Path, monkeypatch
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path, split_tree: Path) -> None:
-    poison = "--trainer.callbacks+=" + json.dumps({"class_path": "faultinject.PoisonAt",
-                                                   "init_args": {"epoch": 1, "batch": 1}})
-    with pytest.raises(NonFiniteLossError, match=r"training loss is nan at epoch 1.*last good checkpoint"):
+    poison = "--trainer.callbacks+=" + json.dumps(
+        {"class_path": "faultinject.PoisonAt", "init_args": {"epoch": 1, "batch": 1}}
+    )
+    with pytest.raises(
+        NonFiniteLossError, match=r"training loss is nan at epoch 1.*last good checkpoint"
+    ):
         run_command(fit_args(split_tree, tmp_path, poison))
     last = find_last_checkpoint(tmp_path, "gtsrb_cnn")
     ckpt = torch.load(last, weights_only=False)
     assert ckpt["epoch"] == 0  # the epoch-0 checkpoint, not overwritten
-    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
+    assert all(
+        torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point()
+    )
 
 
 def test_non_finite_parameters_never_saved() -> None:
@@ -143,7 +189,9 @@ def test_non_finite_parameters_never_saved() -> None:
         current_epoch, global_step, checkpoint_callback = 3, 99, None
 
     with pytest.raises(NonFiniteLossError, match="checkpoint not written"):
-        guard.on_save_checkpoint(Trainer(), None, {"state_dict": {"w": torch.tensor([1.0, float("inf")])}})
+        guard.on_save_checkpoint(
+            Trainer(), None, {"state_dict": {"w": torch.tensor([1.0, float("inf")])}}
+        )
 
 
 @pytest.mark.parametrize(
@@ -165,14 +213,22 @@ def test_config_mistakes_from_the_shell_give_one_line(args: list[str], expected:
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["--data.batch_size", "eight"], "error: --data.batch_size: Expected a <class 'int'>. Got value: eight"),
+        (
+            ["--data.batch_size", "eight"],
+            "error: --data.batch_size: Expected a <class 'int'>. Got value: eight",
+        ),
         (["--trainer.max_epocs", "3"], "error: unrecognized arguments: --trainer.max_epocs"),
-        (["--data.on_bad", "ignore"], "error: --data.on_bad: Expected a typing.Literal['error', 'skip']"),
+        (
+            ["--data.on_bad", "ignore"],
+            "error: --data.on_bad: Expected a typing.Literal['error', 'skip']",
+        ),
         (["--model.init_args.chanels", "[4]"], "error: --model.chanels is not an option"),
     ],
     ids=["type", "trainer-typo", "choice", "model-typo"],
 )
-def test_config_mistakes_one_line(args: list[str], expected: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_config_mistakes_one_line(
+    args: list[str], expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["fit", "--config", "configs/gtsrb_cnn.yaml", "--data.root", str(REPO), *args]) == 2
     message = capsys.readouterr().err
     assert message.startswith(expected) and message.count("\n") == 1
@@ -180,10 +236,23 @@ def test_config_mistakes_one_line(args: list[str], expected: str, capsys: pytest
 
 def test_config_file_typo(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "typo.yaml").write_text("trainer:\n  max_epocs: 3\n")
-    assert main(["fit", "--config", "configs/gtsrb_cnn.yaml", "--config", str(tmp_path / "typo.yaml"),
-                 "--data.root", str(tmp_path)]) == 2
+    assert (
+        main(
+            [
+                "fit",
+                "--config",
+                "configs/gtsrb_cnn.yaml",
+                "--config",
+                str(tmp_path / "typo.yaml"),
+                "--data.root",
+                str(tmp_path),
+            ]
+        )
+        == 2
+    )
     assert capsys.readouterr().err.startswith(
-        "error: Subcommand 'fit' does not accept option 'trainer.max_epocs'")
+        "error: Subcommand 'fit' does not accept option 'trainer.max_epocs'"
+    )
 
 
 # --- split integrity -------------------------------------------------------------------------
@@ -200,7 +269,9 @@ def tree_digest(root: Path) -> str:
     return h.hexdigest()
 
 
-def test_interrupted_split_resumes_without_duplicates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_interrupted_split_resumes_without_duplicates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     src = make_raw_tree(tmp_path / "raw", classes=3, per_class=10)
     before = tree_digest(src)
     dst = tmp_path / "split"
@@ -234,7 +305,9 @@ def test_interrupted_split_resumes_without_duplicates(tmp_path: Path, monkeypatc
     assert len(list(dst.rglob("*.png"))) == 30  # each source image exactly once
     fresh = split_dataset(src, tmp_path / "fresh", val=0.3, seed=1, quiet=True)
     assert fresh == counts
-    assert (dst / "split_manifest.csv").read_text() == (tmp_path / "fresh" / "split_manifest.csv").read_text()
+    assert (dst / "split_manifest.csv").read_text() == (
+        tmp_path / "fresh" / "split_manifest.csv"
+    ).read_text()
     assert tree_digest(src) == before  # the source is never modified
 
 

@@ -16,7 +16,9 @@ from lit_vision.runinfo import version_name
 def test_evaluation_from_confusion_matches_scikit_learn() -> None:
     rng = np.random.default_rng(0)
     targets = rng.integers(0, 5, 200)
-    preds = np.where(rng.random(200) < 0.6, targets, rng.integers(0, 4, 200))  # class 4 never predicted
+    preds = np.where(
+        rng.random(200) < 0.6, targets, rng.integers(0, 4, 200)
+    )  # class 4 never predicted
     ev = evaluation_from_confusion(confusion_matrix(targets, preds, 5), list("abcde"))
     p, r, f, s = precision_recall_fscore_support(targets, preds, labels=range(5), zero_division=0)
     assert ev["images"] == 200 and ev["accuracy"] == pytest.approx(np.mean(targets == preds))
@@ -35,22 +37,33 @@ def test_empty_confusion_matrix_has_no_accuracy() -> None:
 def test_top_confusions_most_frequent_first() -> None:
     cm = np.array([[5, 2, 0], [7, 1, 1], [0, 0, 3]])
     assert top_confusions(cm, ["a", "b", "c"], k=2) == [
-        {"true": "b", "pred": "a", "count": 7}, {"true": "a", "pred": "b", "count": 2}]
+        {"true": "b", "pred": "a", "count": 7},
+        {"true": "a", "pred": "b", "count": 2},
+    ]
 
 
-@pytest.mark.parametrize(("version", "name"), [(0, "version_0"), (12, "version_12"),
-                                               ("version_3", "version_3"), (None, "")])
+@pytest.mark.parametrize(
+    ("version", "name"),
+    [(0, "version_0"), (12, "version_12"), ("version_3", "version_3"), (None, "")],
+)
 def test_report_title_names_the_version_once(version: int | str | None, name: str) -> None:
     # A resumed run's logger carries the folder name ("version_0") as its version.
     assert version_name(version) == name
-    title = render_markdown({"run": {"name": "gtsrb_cnn", "version": version_name(version)}}).splitlines()[0]
+    title = render_markdown(
+        {"run": {"name": "gtsrb_cnn", "version": version_name(version)}}
+    ).splitlines()[0]
     assert title == f"# Run report: gtsrb_cnn {name}".rstrip() and "version_version" not in title
 
 
 def test_render_markdown_without_data_says_what_did_not_run() -> None:
     md = render_markdown({})
-    for text in ("## Environment", "not recorded", "not run", "No comparison recorded",
-                 "No validation or test predictions"):
+    for text in (
+        "## Environment",
+        "not recorded",
+        "not run",
+        "No comparison recorded",
+        "No validation or test predictions",
+    ):
         assert text in md
 
 
@@ -73,7 +86,9 @@ def test_lock_info_hashes_the_lock_and_compares_pins(tmp_path) -> None:
     lock.write_text(f"# pinned\ntorch=={torch_version}\nnumpy==0.0.1\n")
     info = lock_info(lock)
     assert info["sha256"] == __import__("hashlib").sha256(lock.read_bytes()).hexdigest()
-    assert not info["matches"] and info["differences"] == [f"numpy 0.0.1 (locked) vs {metadata.version('numpy')}"]
+    assert not info["matches"] and info["differences"] == [
+        f"numpy 0.0.1 (locked) vs {metadata.version('numpy')}"
+    ]
     lock.write_text(f"torch=={torch_version}\n")
     assert lock_info(lock)["matches"]
     assert lock_info(tmp_path / "absent.lock") is None

@@ -60,14 +60,31 @@ def test_checkpoint_entry_keeps_its_format_and_round_trips() -> None:
     model = _model()
     spec = inference_spec(model, SimpleNamespace(image_size=32, hparams={"vflip": True}))
     entry = spec.to_checkpoint()
-    assert list(entry) == ["format", "model_class", "class_names", "image_size", "mean", "std",
-                           "eval_transform", "input", "train_flips"]
+    assert list(entry) == [
+        "format",
+        "model_class",
+        "class_names",
+        "image_size",
+        "mean",
+        "std",
+        "eval_transform",
+        "input",
+        "train_flips",
+    ]
     assert entry["format"] == 1 and entry["image_size"] == 32
-    assert entry["input"] == {"dtype": "uint8", "range": [0, 255], "layout": "NCHW", "channels": "RGB",
-                              "resize": "bilinear to image_size x image_size, aspect ratio not kept"}
+    assert entry["input"] == {
+        "dtype": "uint8",
+        "range": [0, 255],
+        "layout": "NCHW",
+        "channels": "RGB",
+        "resize": "bilinear to image_size x image_size, aspect ratio not kept",
+    }
     back = InferenceSpec.from_checkpoint(entry, model, spec.model_class)
     assert back.to_checkpoint() == entry
-    assert InferenceSpec.from_checkpoint(entry, model, spec.model_class, image_size=64).image_size == 64
+    assert (
+        InferenceSpec.from_checkpoint(entry, model, spec.model_class, image_size=64).image_size
+        == 64
+    )
     assert InferenceSpec.from_checkpoint({}, model, spec.model_class).image_size is None
 
 
@@ -75,7 +92,12 @@ def test_export_contract_comes_from_the_same_spec() -> None:
     spec = inference_spec(_model(), SimpleNamespace(image_size=40, hparams={}))
     contract = preprocessing_contract(spec)
     assert contract["format"] == "lit_vision-export/1" and contract["num_classes"] == 3
-    assert contract["input"]["name"] == "images" and contract["input"]["shape"] == ["batch", 3, 40, 40]
+    assert contract["input"]["name"] == "images" and contract["input"]["shape"] == [
+        "batch",
+        3,
+        40,
+        40,
+    ]
     assert contract["preprocessing"]["eval_transform"] == spec.to_checkpoint()["eval_transform"]
 
 
@@ -84,7 +106,9 @@ def _save(model: CNNClassifier, path: Path, **hparams) -> Path:
         {
             "state_dict": model.state_dict(),
             "hyper_parameters": {**model.hparams, **hparams},
-            CHECKPOINT_KEY: inference_spec(model, SimpleNamespace(image_size=16, hparams={})).to_checkpoint(),
+            CHECKPOINT_KEY: inference_spec(
+                model, SimpleNamespace(image_size=16, hparams={})
+            ).to_checkpoint(),
         },
         path,
     )

@@ -19,13 +19,20 @@ def _tree_files(root: Path) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for split in ("train", "val", "test"):
         d = root / split
-        out[split] = sorted(p.relative_to(d).as_posix() for p in d.rglob("*") if p.is_file()) if d.is_dir() else []
+        out[split] = (
+            sorted(p.relative_to(d).as_posix() for p in d.rglob("*") if p.is_file())
+            if d.is_dir()
+            else []
+        )
     return out
 
 
 def _hash_tree(root: Path) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_every_image_in_exactly_one_split(tmp_path: Path) -> None:
@@ -55,7 +62,9 @@ def test_groups_stay_together(tmp_path: Path) -> None:
     for c in range(2):
         for track in range(10):
             write_images(raw / f"sign{c}", 5, prefix=f"{track:05d}_", seed=track)
-    split_dataset(raw, tmp_path / "out", val=0.3, test=0.2, seed=0, group_regex=r"^(\d+)_", quiet=True)
+    split_dataset(
+        raw, tmp_path / "out", val=0.3, test=0.2, seed=0, group_regex=r"^(\d+)_", quiet=True
+    )
     where: dict[tuple[str, str], set[str]] = {}
     for split, names in _tree_files(tmp_path / "out").items():
         for name in names:
@@ -102,7 +111,9 @@ def test_refuses_non_empty_destination(tmp_path: Path) -> None:
     assert (dst / "keep.txt").read_text() == "mine"
 
 
-def test_non_image_files_are_reported_not_copied(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_non_image_files_are_reported_not_copied(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     raw = make_raw_tree(tmp_path / "raw", classes=2, per_class=4)
     (raw / "class_0" / "notes.csv").write_text("a,b")
     split_dataset(raw, tmp_path / "out", val=0.25)

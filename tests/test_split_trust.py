@@ -21,8 +21,13 @@ from lit_vision.split import LOCK, MANIFEST, SplitError, split_dataset, verify_s
 
 def _placed(dst: Path) -> list[tuple[str, str]]:
     """``(split, CLASS/relpath)`` of every file (or link) below ``dst/{train,val,test}``."""
-    return sorted((s, p.relative_to(dst / s).as_posix()) for s in ("train", "val", "test") if (dst / s).is_dir()
-                  for p in (dst / s).rglob("*") if p.is_file() or p.is_symlink())
+    return sorted(
+        (s, p.relative_to(dst / s).as_posix())
+        for s in ("train", "val", "test")
+        if (dst / s).is_dir()
+        for p in (dst / s).rglob("*")
+        if p.is_file() or p.is_symlink()
+    )
 
 
 def _one_split_each(dst: Path) -> set[str]:
@@ -34,7 +39,9 @@ def _one_split_each(dst: Path) -> set[str]:
     return set(names)
 
 
-def test_links_leading_outside_src_are_skipped_and_listed(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_links_leading_outside_src_are_skipped_and_listed(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     raw = make_raw_tree(tmp_path / "raw", classes=2, per_class=5)
     secret = write_images(tmp_path / "outside", 3, seed=9)
     (raw / "class_0" / "x.png").symlink_to(secret[0])  # a file link out of src
@@ -47,13 +54,19 @@ def test_links_leading_outside_src_are_skipped_and_listed(tmp_path: Path, capsys
     outside_bytes = {p.read_bytes() for p in secret}
     assert not [p for p in dst.rglob("*.png") if p.read_bytes() in outside_bytes]
     assert "verified: all 10 source images are in exactly one split" in out
-    line = next(x for x in err.splitlines() if x.startswith("skipped 3 link(s) leading outside --src: "))
-    assert all(str(p) in line for p in (raw / "class_0" / "x.png", raw / "evil", raw / "class_1" / "tree"))
+    line = next(
+        x for x in err.splitlines() if x.startswith("skipped 3 link(s) leading outside --src: ")
+    )
+    assert all(
+        str(p) in line for p in (raw / "class_0" / "x.png", raw / "evil", raw / "class_1" / "tree")
+    )
     assert verify_split(raw, dst) == []
 
 
 @pytest.mark.parametrize("follow", [False, True])
-def test_link_loops_do_not_duplicate(tmp_path: Path, capsys: pytest.CaptureFixture, follow: bool) -> None:
+def test_link_loops_do_not_duplicate(
+    tmp_path: Path, capsys: pytest.CaptureFixture, follow: bool
+) -> None:
     raw = tmp_path / "raw"
     write_images(raw / "a", 10)
     write_images(raw / "b" / "sub", 10, seed=1)
@@ -65,7 +78,9 @@ def test_link_loops_do_not_duplicate(tmp_path: Path, capsys: pytest.CaptureFixtu
     dst = tmp_path / "out"
     counts = split_dataset(raw, dst, val=0.3, follow_symlinks=follow)
     err = capsys.readouterr().err
-    sources = {f"a/img{i:03d}.png" for i in range(10)} | {f"b/sub/img{i:03d}.png" for i in range(10)}
+    sources = {f"a/img{i:03d}.png" for i in range(10)} | {
+        f"b/sub/img{i:03d}.png" for i in range(10)
+    }
     assert _one_split_each(dst) == sources  # 20 sources, 20 copies, no leak across splits
     assert sum(sum(c.values()) for c in counts.values()) == 20
     assert "skipped 4 link(s) looping back to a folder being walked: " in err
@@ -76,7 +91,9 @@ def test_link_loops_do_not_duplicate(tmp_path: Path, capsys: pytest.CaptureFixtu
 def test_links_inside_src_are_the_same_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     raw = make_raw_tree(tmp_path / "raw", classes=2, per_class=5)
     (raw / "class_0" / "zz_link.png").symlink_to("img000.png")
-    (raw / "class_1" / "aa_link.png").symlink_to("../class_0/img001.png")  # sorts first; the real path wins
+    (raw / "class_1" / "aa_link.png").symlink_to(
+        "../class_0/img001.png"
+    )  # sorts first; the real path wins
     (raw / "alias").symlink_to("class_0")  # a whole class again under another name
     dst = tmp_path / "out"
     counts = split_dataset(raw, dst, val=0.2)
@@ -85,12 +102,18 @@ def test_links_inside_src_are_the_same_file(tmp_path: Path, capsys: pytest.Captu
     assert "alias" not in counts["train"]
     assert "skipped 8 second path(s) to a file already taken: " in err
     skipped = {s.path: s.detail for s in split_mod.scan_source(raw).skipped}
-    assert skipped[raw / "class_1" / "aa_link.png"] == f"same file as {raw / 'class_0' / 'img001.png'}"
-    assert skipped[raw / "class_0" / "zz_link.png"] == f"same file as {raw / 'class_0' / 'img000.png'}"
+    assert (
+        skipped[raw / "class_1" / "aa_link.png"] == f"same file as {raw / 'class_0' / 'img001.png'}"
+    )
+    assert (
+        skipped[raw / "class_0" / "zz_link.png"] == f"same file as {raw / 'class_0' / 'img000.png'}"
+    )
     assert verify_split(raw, dst) == []
 
 
-def test_hardlink_links_the_resolved_file_inside_src(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_hardlink_links_the_resolved_file_inside_src(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     raw = make_raw_tree(tmp_path / "raw", classes=2, per_class=4)
     (store,) = write_images(raw / ".store", 1, seed=5)  # hidden, but taken through a link
     (raw / "class_0" / "x.png").symlink_to(Path("..") / ".store" / store.name)
@@ -101,7 +124,11 @@ def test_hardlink_links_the_resolved_file_inside_src(tmp_path: Path, capsys: pyt
     err = capsys.readouterr().err
     names = _one_split_each(dst)  # no symbolic link anywhere in dst
     assert "class_0/x.png" in names and "class_1/y.png" not in names
-    inside = {(p.stat().st_dev, p.stat().st_ino) for p in raw.rglob("*") if p.is_file() and not p.is_symlink()}
+    inside = {
+        (p.stat().st_dev, p.stat().st_ino)
+        for p in raw.rglob("*")
+        if p.is_file() and not p.is_symlink()
+    }
     for split, name in _placed(dst):
         assert (os.stat(dst / split / name).st_dev, os.stat(dst / split / name).st_ino) in inside
     x = next(dst.rglob("x.png"))
@@ -110,7 +137,9 @@ def test_hardlink_links_the_resolved_file_inside_src(tmp_path: Path, capsys: pyt
     assert verify_split(raw, dst) == []
 
 
-def test_follow_symlinks_takes_outside_files_as_copies(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_follow_symlinks_takes_outside_files_as_copies(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     raw = make_raw_tree(tmp_path / "raw", classes=2, per_class=5)
     (outside,) = write_images(tmp_path / "outside", 1, seed=9)
     (raw / "class_0" / "x.png").symlink_to(outside)
@@ -170,24 +199,37 @@ def test_lock_of_a_killed_run_does_not_block(tmp_path: Path) -> None:
     dst = tmp_path / "out"
     dst.mkdir()
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
-         "fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(120)", str(dst / LOCK)],
-        stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+            "fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(120)",
+            str(dst / LOCK),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         for kwargs in ({}, {"resume": True}, {"verify": True}):
-            with pytest.raises(SplitError, match=f"--dst {re.escape(str(dst))} is being written by another split"):
+            with pytest.raises(
+                SplitError, match=f"--dst {re.escape(str(dst))} is being written by another split"
+            ):
                 split_dataset(raw, dst, val=0.25, quiet=True, **kwargs)
     finally:
         holder.kill()
         holder.wait()
         holder.stdout.close()
-    assert (dst / LOCK).exists()  # a killed holder leaves the file, but the kernel dropped its flock
+    assert (
+        dst / LOCK
+    ).exists()  # a killed holder leaves the file, but the kernel dropped its flock
     split_dataset(raw, dst, val=0.25, quiet=True)
     assert not (dst / LOCK).exists() and verify_split(raw, dst) == []
 
 
-def test_failed_run_releases_the_lock_and_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_run_releases_the_lock_and_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     raw = make_raw_tree(tmp_path / "raw", classes=2, per_class=5)
     dst = tmp_path / "out"
     real_place, calls = split_mod._place, []
@@ -225,7 +267,9 @@ def test_lock_held_in_this_process_refuses_a_second_split(tmp_path: Path) -> Non
     dst.mkdir()
     with split_lock.locked(dst):
         for kwargs in ({}, {"verify": True}):
-            with pytest.raises(SplitError, match="is being written by another split right now") as info:
+            with pytest.raises(
+                SplitError, match="is being written by another split right now"
+            ) as info:
                 split_dataset(raw, dst, val=0.25, quiet=True, **kwargs)
             assert "\n" not in str(info.value)
     assert not (dst / LOCK).exists()  # removed on the way out (filelock itself keeps the file)
@@ -258,7 +302,9 @@ def test_messages_name_the_real_option_spelling(tmp_path: Path) -> None:
         assert re.findall(r"--[a-z]+-[a-z-]+", source) == [], name  # options are --group_regex, ...
 
 
-def test_hidden_images_are_left_out_and_counted(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_hidden_images_are_left_out_and_counted(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     raw = make_raw_tree(tmp_path / "raw", classes=2, per_class=5)
     write_images(raw / "class_0" / ".sub", 2, seed=7)
     write_images(raw / "class_1", 1, prefix=".hidden", seed=8)
@@ -271,7 +317,9 @@ def test_hidden_images_are_left_out_and_counted(tmp_path: Path, capsys: pytest.C
     assert verify_split(raw, dst) == []
     write_images(tmp_path / "raw2" / "only_hidden" / ".cache", 2)
     write_images(tmp_path / "raw2" / "ok", 2)
-    with pytest.raises(SplitError, match="only_hidden holds no images \\(2 hidden image file\\(s\\) left out\\)"):
+    with pytest.raises(
+        SplitError, match="only_hidden holds no images \\(2 hidden image file\\(s\\) left out\\)"
+    ):
         split_dataset(tmp_path / "raw2", tmp_path / "out2", quiet=True)
 
 

@@ -32,9 +32,16 @@ def _model(**kw) -> TransferClassifier:
 
 def _trainer(tmp_path: Path, max_epochs: int, callbacks=(), **kw) -> L.Trainer:
     return L.Trainer(
-        max_epochs=max_epochs, accelerator="cpu", devices=1, logger=False, callbacks=list(callbacks),
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-        default_root_dir=tmp_path, **kw,
+        max_epochs=max_epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        callbacks=list(callbacks),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=tmp_path,
+        **kw,
     )
 
 
@@ -67,7 +74,10 @@ class Probe(Callback):
             "backbone_state": sum(1 for p in backbone if p in opt.state),
             "groups": [g["name"] for g in opt.param_groups],
             "weights": _snapshot(pl_module),
-            "opt_state": {k: {n: t.clone() for n, t in v.items()} for k, v in opt.state_dict()["state"].items()},
+            "opt_state": {
+                k: {n: t.clone() for n, t in v.items()}
+                for k, v in opt.state_dict()["state"].items()
+            },
         }
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
@@ -82,7 +92,9 @@ def test_phase_switch_freezes_backbone_bitwise_then_unfreezes_last_blocks(split_
     from functools import partial
 
     # AdamW with weight decay: a frozen group must not drift through decay or momentum.
-    model = _model(optimizer=partial(torch.optim.AdamW, lr=1e-3, weight_decay=0.1), unfreeze_blocks=2)
+    model = _model(
+        optimizer=partial(torch.optim.AdamW, lr=1e-3, weight_decay=0.1), unfreeze_blocks=2
+    )
     probe = Probe()
     trainer = _trainer(tmp_path, 3, [probe])
     trainer.fit(model, _data(split_tree))
@@ -92,7 +104,9 @@ def test_phase_switch_freezes_backbone_bitwise_then_unfreezes_last_blocks(split_
     # Frozen epochs: only the head trains; every backbone tensor (BN running stats and
     # num_batches_tracked included) is bitwise unchanged; BN layers run in eval mode.
     for epoch in (0, 1):
-        assert s[epoch]["trainable"] == {n for n, _ in model.named_parameters() if n.startswith("net.head.")}
+        assert s[epoch]["trainable"] == {
+            n for n, _ in model.named_parameters() if n.startswith("net.head.")
+        }
         assert not any(s[epoch]["bn_training"]) and s[epoch]["head_training"]
         assert _changed(s[epoch]["weights"], e[epoch], "features.") == set()
         assert _changed(s[epoch]["weights"], e[epoch], "head.")
@@ -101,10 +115,14 @@ def test_phase_switch_freezes_backbone_bitwise_then_unfreezes_last_blocks(split_
     groups = model.net.groups()
     last = {id(p) for g in groups[-2:] for p in g}
     names = {n for n, p in model.net.features.named_parameters() if id(p) in last}
-    assert {n[len("net.features."):] for n in s[2]["trainable"] if n.startswith("net.features.")} == names
+    assert {
+        n[len("net.features.") :] for n in s[2]["trainable"] if n.startswith("net.features.")
+    } == names
     changed = _changed(s[2]["weights"], e[2], "features.")
     assert {f"features.{n}" for n in names} <= changed
-    frozen_params = {f"features.{n}" for n, p in model.net.features.named_parameters() if id(p) not in last}
+    frozen_params = {
+        f"features.{n}" for n, p in model.net.features.named_parameters() if id(p) not in last
+    }
     assert not (changed & frozen_params)
     opt = trainer.optimizers[0]
     assert sum(1 for p in opt.param_groups[1]["params"] if p in opt.state) == len(last)
@@ -135,8 +153,12 @@ def test_resume_continues_in_the_right_phase(split_tree, tmp_path, phase_at_save
     saved_state = saved["optimizer_states"][0]["state"]
 
     probe = Probe()
-    resumed = _model(freeze_epochs=freeze_epochs, train_bn=True)  # fresh module: requires_grad all True, like a new process
-    _trainer(tmp_path / "b", saved_after + 2, [probe]).fit(resumed, _data(split_tree), ckpt_path=ckpt)
+    resumed = _model(
+        freeze_epochs=freeze_epochs, train_bn=True
+    )  # fresh module: requires_grad all True, like a new process
+    _trainer(tmp_path / "b", saved_after + 2, [probe]).fit(
+        resumed, _data(split_tree), ckpt_path=ckpt
+    )
     epoch = saved_after + 1
     start = probe.start[epoch]
     assert start["phase"] == phase_at_save
@@ -147,7 +169,7 @@ def test_resume_continues_in_the_right_phase(split_tree, tmp_path, phase_at_save
     # Weights and optimizer state come back exactly as saved.
     for k, v in saved["state_dict"].items():
         if k.startswith("net."):
-            assert torch.equal(start["weights"][k[len("net."):]], v), k
+            assert torch.equal(start["weights"][k[len("net.") :]], v), k
     assert start["backbone_state"] == (0 if phase_at_save == 0 else n_backbone)
     assert start["opt_state"].keys() == saved_state.keys()
     for k, v in saved_state.items():
@@ -189,7 +211,9 @@ def test_package_weights_classify_real_photos():
 def test_weights_path_loads_wrapped_checkpoints_and_rejects_mismatch(tmp_path):
     src = create_timm_model(TINY)
     # A Lightning-style checkpoint with a prefix, and a renamed (same order) one.
-    torch.save({"state_dict": {f"model.{k}": v for k, v in src.state_dict().items()}}, tmp_path / "a.ckpt")
+    torch.save(
+        {"state_dict": {f"model.{k}": v for k, v in src.state_dict().items()}}, tmp_path / "a.ckpt"
+    )
     torch.save({f"x{i}": v for i, v in enumerate(src.state_dict().values())}, tmp_path / "b.pth")
     for f in ("a.ckpt", "b.pth"):
         net = TransferNet(TINY, 2, weights_path=str(tmp_path / f))
@@ -216,7 +240,9 @@ def test_pretrained_offline_falls_back_or_fails_in_one_line(monkeypatch, tmp_pat
     assert "\n" not in msg and "weights_path" in msg and "mobilenetv2_100" in msg
     with pytest.warns(UserWarning, match=PACKAGE_WEIGHTS):
         model = create_timm_model("efficientnet_lite0", pretrained=True)
-    assert torch.equal(model.state_dict()["conv_stem.weight"], package_state_dict()["conv_stem.weight"])
+    assert torch.equal(
+        model.state_dict()["conv_stem.weight"], package_state_dict()["conv_stem.weight"]
+    )
 
 
 def test_pretrained_online_tries_the_real_download(monkeypatch):
@@ -254,13 +280,27 @@ def test_data_config_from_backbone():
 
 @pytest.mark.parametrize("name", ["catsdogs_transfer", "gtsrb_transfer", "crack_transfer"])
 def test_transfer_configs_fast_dev_run(name, split_tree, tmp_path):
-    cli = run_command([
-        "fit", "--config", str(REPO / "configs" / f"{name}.yaml"),
-        "--data.root", str(split_tree), "--data.image_size", "32", "--data.num_workers", "0",
-        "--model.init_args.freeze_epochs", "0",  # fast_dev_run is one epoch: exercise the unfrozen path
-        "--trainer.fast_dev_run", "true", "--trainer.logger.init_args.save_dir", str(tmp_path / "tb"),
-        "--trainer.default_root_dir", str(tmp_path),
-    ])
+    cli = run_command(
+        [
+            "fit",
+            "--config",
+            str(REPO / "configs" / f"{name}.yaml"),
+            "--data.root",
+            str(split_tree),
+            "--data.image_size",
+            "32",
+            "--data.num_workers",
+            "0",
+            "--model.init_args.freeze_epochs",
+            "0",  # fast_dev_run is one epoch: exercise the unfrozen path
+            "--trainer.fast_dev_run",
+            "true",
+            "--trainer.logger.init_args.save_dir",
+            str(tmp_path / "tb"),
+            "--trainer.default_root_dir",
+            str(tmp_path),
+        ]
+    )
     model = cli.model
     assert isinstance(model, TransferClassifier) and model.phase == 1
     assert cli.config.fit.trainer.logger.init_args.name == name
@@ -284,9 +324,17 @@ def test_ddp_two_processes_keep_unfrozen_backbone_in_sync(split_tree, tmp_path):
     # (Lightning #20340), its weights would differ between ranks after the unfrozen epoch.
     model = _model(freeze_epochs=1)
     trainer = L.Trainer(
-        max_epochs=2, accelerator="cpu", devices=2, strategy="ddp_spawn", logger=False,
-        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
-        num_sanity_val_steps=0, callbacks=[SyncCheck(str(tmp_path))], default_root_dir=tmp_path,
+        max_epochs=2,
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_spawn",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+        callbacks=[SyncCheck(str(tmp_path))],
+        default_root_dir=tmp_path,
     )
     before = _snapshot(model)
     trainer.fit(model, _data(split_tree))
@@ -303,7 +351,9 @@ def test_backbones_build_and_every_head_param_gets_grad(backbone):
     assert out.shape == (2, 4)
     out.sum().backward()
     assert all(p.grad is not None for p in net.parameters())
-    assert len(net.groups()) >= 2 and sum(len(g) for g in net.groups()) == len(list(net.features.parameters()))
+    assert len(net.groups()) >= 2 and sum(len(g) for g in net.groups()) == len(
+        list(net.features.parameters())
+    )
 
 
 def test_train_bn_false_keeps_running_stats_after_unfreezing(split_tree, tmp_path):
@@ -311,6 +361,8 @@ def test_train_bn_false_keeps_running_stats_after_unfreezing(split_tree, tmp_pat
     before = _snapshot(model)
     _trainer(tmp_path, 1).fit(model, _data(split_tree))
     after = _snapshot(model)
-    stats = {k for k in before if k.startswith("features.") and ("running_" in k or "num_batches" in k)}
+    stats = {
+        k for k in before if k.startswith("features.") and ("running_" in k or "num_batches" in k)
+    }
     assert stats and not (_changed(before, after, "features.") & stats)
     assert _changed(before, after, "features.") - stats  # the weights themselves do train

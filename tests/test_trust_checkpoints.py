@@ -49,11 +49,32 @@ def _tamper(src: Path, dst: Path, edit: Any) -> Path:
 
 
 def _commands(ckpt: Path, tree: Path, out: Path) -> dict[str, list[str]]:
-    common = ["--config", CONFIG, "--data.root", str(tree), "--data.num_workers", "0",
-              "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
-              "--trainer.default_root_dir", str(out), "--ckpt_path", str(ckpt)]
+    common = [
+        "--config",
+        CONFIG,
+        "--data.root",
+        str(tree),
+        "--data.num_workers",
+        "0",
+        "--trainer.logger",
+        "false",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.default_root_dir",
+        str(out),
+        "--ckpt_path",
+        str(ckpt),
+    ]
     return {
-        "predict": ["predict", "--ckpt", str(ckpt), "--input", str(tree / "val"), "--output", str(out / "p.csv")],
+        "predict": [
+            "predict",
+            "--ckpt",
+            str(ckpt),
+            "--input",
+            str(tree / "val"),
+            "--output",
+            str(out / "p.csv"),
+        ],
         "export": ["export", "--ckpt", str(ckpt), "--output_dir", str(out / "export")],
         "validate": ["validate", *common],
         "test": ["test", *common],
@@ -73,7 +94,9 @@ def _refused(args: list[str], marker: Path, capsys: pytest.CaptureFixture[str], 
     return err
 
 
-def test_pickle_payload_never_runs(good: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_pickle_payload_never_runs(
+    good: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     tree, real = good
     marker = tmp_path / "PWNED"
     ckpt = torch.load(real, map_location="cpu", weights_only=True)
@@ -85,12 +108,18 @@ def test_pickle_payload_never_runs(good: tuple[Path, Path], tmp_path: Path, caps
 
 
 HPARAM_PAYLOADS = {
-    "optimizer": lambda h, cmd: h.update(optimizer={"class_path": "os.system", "init_args": {"command": cmd}}),
-    "scheduler": lambda h, cmd: h.update(scheduler={"class_path": "os.system", "init_args": {"command": cmd}}),
+    "optimizer": lambda h, cmd: h.update(
+        optimizer={"class_path": "os.system", "init_args": {"command": cmd}}
+    ),
+    "scheduler": lambda h, cmd: h.update(
+        scheduler={"class_path": "os.system", "init_args": {"command": cmd}}
+    ),
     "optimizer-string": lambda h, cmd: h.update(optimizer="os.system"),
     "instantiator": lambda h, cmd: h.update(_instantiator="os.system"),
     "model-class": lambda h, cmd: h.update(_class_path="os.system"),
-    "nested": lambda h, cmd: h.update(extra={"a": [{"b": {"class_path": "os.system", "init_args": {"command": cmd}}}]}),
+    "nested": lambda h, cmd: h.update(
+        extra={"a": [{"b": {"class_path": "os.system", "init_args": {"command": cmd}}}]}
+    ),
 }
 
 
@@ -100,8 +129,11 @@ def test_class_paths_in_hparams_are_refused(
 ) -> None:
     tree, real = good
     marker = tmp_path / "PWNED"
-    bad = _tamper(real, tmp_path / "hparams.ckpt",
-                  lambda c: HPARAM_PAYLOADS[where](c["hyper_parameters"], f"touch {marker}"))
+    bad = _tamper(
+        real,
+        tmp_path / "hparams.ckpt",
+        lambda c: HPARAM_PAYLOADS[where](c["hyper_parameters"], f"touch {marker}"),
+    )
     torch.load(bad, weights_only=True)  # plain data: weights_only alone does not stop it
     for args in _commands(bad, tree, tmp_path).values():
         _refused(args, marker, capsys, "os.system", "not an allowed class")
@@ -109,15 +141,22 @@ def test_class_paths_in_hparams_are_refused(
 
 def test_datamodule_hparams_are_checked_too(good: tuple[Path, Path], tmp_path: Path) -> None:
     _, real = good
-    bad = _tamper(real, tmp_path / "dm.ckpt",
-                  lambda c: c.setdefault("datamodule_hyper_parameters", {}).update(
-                      {"_class_path": "subprocess.Popen"}))
+    bad = _tamper(
+        real,
+        tmp_path / "dm.ckpt",
+        lambda c: c.setdefault("datamodule_hyper_parameters", {}).update(
+            {"_class_path": "subprocess.Popen"}
+        ),
+    )
     with pytest.raises(CheckpointError, match="datamodule_hyper_parameters._class_path"):
         read_checkpoint(bad)
 
 
 def test_foreign_model_class_is_never_imported(
-    good: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    good: tuple[Path, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     tree, real = good
     marker = tmp_path / "PWNED"
@@ -126,7 +165,11 @@ def test_foreign_model_class_is_never_imported(
         "from lit_vision.models import CNNClassifier as Model\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    bad = _tamper(real, tmp_path / "foreign.ckpt", lambda c: c["lit_vision"].update(model_class="evil_module.Model"))
+    bad = _tamper(
+        real,
+        tmp_path / "foreign.ckpt",
+        lambda c: c["lit_vision"].update(model_class="evil_module.Model"),
+    )
     for cmd in ("predict", "export"):
         _refused(_commands(bad, tree, tmp_path)[cmd], marker, capsys, "evil_module.Model")
     assert "evil_module" not in sys.modules
@@ -134,11 +177,22 @@ def test_foreign_model_class_is_never_imported(
 
 def test_eval_transform_reading_files_is_refused(good: tuple[Path, Path], tmp_path: Path) -> None:
     _, real = good
-    bad = _tamper(real, tmp_path / "fda.ckpt", lambda c: c["lit_vision"].update(eval_transform={
-        "__version__": "2.0.0",
-        "transform": {"__class_fullname__": "Compose", "p": 1.0, "transforms": [
-            {"__class_fullname__": "FDA", "reference_images": ["/etc/passwd"], "p": 1.0}]},
-    }))
+    bad = _tamper(
+        real,
+        tmp_path / "fda.ckpt",
+        lambda c: c["lit_vision"].update(
+            eval_transform={
+                "__version__": "2.0.0",
+                "transform": {
+                    "__class_fullname__": "Compose",
+                    "p": 1.0,
+                    "transforms": [
+                        {"__class_fullname__": "FDA", "reference_images": ["/etc/passwd"], "p": 1.0}
+                    ],
+                },
+            }
+        ),
+    )
     with pytest.raises(CheckpointError, match="FDA"):
         read_checkpoint(bad)
 
@@ -155,19 +209,38 @@ def test_truncated_and_junk_checkpoints_are_one_line(
 
 def test_allow_list() -> None:
     allowed = allowed_classes()
-    for name in ("torch.optim.AdamW", "torch.optim.SGD", "torch.optim.lr_scheduler.OneCycleLR",
-                 "lit_vision.WarmupCosineLR", "lit_vision.CNNClassifier", "lit_vision.models.TransferClassifier",
-                 "lit_vision.ImageFolderDataModule"):
+    for name in (
+        "torch.optim.AdamW",
+        "torch.optim.SGD",
+        "torch.optim.lr_scheduler.OneCycleLR",
+        "lit_vision.WarmupCosineLR",
+        "lit_vision.CNNClassifier",
+        "lit_vision.models.TransferClassifier",
+        "lit_vision.ImageFolderDataModule",
+    ):
         assert name in allowed, name
-    for name in ("os.system", "subprocess.Popen", "builtins.eval", "torch.load", "lit_vision.cli.main"):
+    for name in (
+        "os.system",
+        "subprocess.Popen",
+        "builtins.eval",
+        "torch.load",
+        "lit_vision.cli.main",
+    ):
         assert name not in allowed, name
 
 
-def test_legitimate_checkpoint_still_loads_everywhere(good: tuple[Path, Path], tmp_path: Path) -> None:
+def test_legitimate_checkpoint_still_loads_everywhere(
+    good: tuple[Path, Path], tmp_path: Path
+) -> None:
     """The real checkpoint (with an allow-listed optimizer class path added) works as before."""
     tree, real = good
-    ok = _tamper(real, tmp_path / "ok.ckpt", lambda c: c["hyper_parameters"].update(
-        optimizer={"class_path": "torch.optim.SGD", "init_args": {"lr": 0.1}}))
+    ok = _tamper(
+        real,
+        tmp_path / "ok.ckpt",
+        lambda c: c["hyper_parameters"].update(
+            optimizer={"class_path": "torch.optim.SGD", "init_args": {"lr": 0.1}}
+        ),
+    )
     cmds = _commands(ok, tree, tmp_path)
     for name in ("predict", "validate"):
         assert main(cmds[name]) == 0, name
@@ -182,11 +255,18 @@ def test_console_entry_points_exit_codes(good: tuple[Path, Path], tmp_path: Path
     torch.save(ckpt, bad)
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "lit_vision", *args], capture_output=True, text=True,
-                              cwd=REPO, timeout=300)
+        return subprocess.run(
+            [sys.executable, "-m", "lit_vision", *args],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=300,
+        )
 
     out = run("validate", *_commands(bad, tree, tmp_path)["validate"][1:])
-    assert out.returncode == 2 and "Traceback" not in out.stderr and not (tmp_path / "PWNED").exists()
+    assert (
+        out.returncode == 2 and "Traceback" not in out.stderr and not (tmp_path / "PWNED").exists()
+    )
     assert [line for line in out.stderr.splitlines() if line.startswith("error:")], out.stderr
     (tree / "train" / "class_0" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     try:

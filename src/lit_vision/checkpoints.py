@@ -42,8 +42,16 @@ LIGHTNING_INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"
 # those read reference images from paths).
 SAFE_EVAL_TRANSFORMS = frozenset(
     {
-        "Compose", "Resize", "CenterCrop", "PadIfNeeded", "LongestMaxSize", "SmallestMaxSize",
-        "CLAHE", "Equalize", "ToGray", "Normalize",
+        "Compose",
+        "Resize",
+        "CenterCrop",
+        "PadIfNeeded",
+        "LongestMaxSize",
+        "SmallestMaxSize",
+        "CLAHE",
+        "Equalize",
+        "ToGray",
+        "Normalize",
     }
 )
 
@@ -146,7 +154,10 @@ def check_class_paths(data: Any, where: str, source: str | Path, trust: Sequence
 def check_eval_transform(spec: Any, source: str | Path) -> None:
     """Refuse a recorded eval pipeline naming transforms outside :data:`SAFE_EVAL_TRANSFORMS`."""
     for path, key, value in _walk(spec, "lit_vision.eval_transform"):
-        if key == "__class_fullname__" and str(value).rpartition(".")[2] not in SAFE_EVAL_TRANSFORMS:
+        if (
+            key == "__class_fullname__"
+            and str(value).rpartition(".")[2] not in SAFE_EVAL_TRANSFORMS
+        ):
             raise CheckpointError(
                 f"checkpoint {source}: {path} = {value!r} is not an allowed eval transform; refusing to load it"
             )
@@ -177,7 +188,9 @@ def read_checkpoint(path: str | Path, trust: Sequence[str] = ()) -> dict[str, An
         ) from None
     except Exception as err:  # noqa: BLE001 - whatever torch's reader trips on, it is not a checkpoint
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"cannot read checkpoint {path} (truncated or not a checkpoint): {reason}") from None
+        raise CheckpointError(
+            f"cannot read checkpoint {path} (truncated or not a checkpoint): {reason}"
+        ) from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise CheckpointError(f"{path} is not a Lightning checkpoint (no state_dict)")
     for key in ("hyper_parameters", "datamodule_hyper_parameters"):
@@ -195,7 +208,9 @@ def read_checkpoint(path: str | Path, trust: Sequence[str] = ()) -> dict[str, An
     return ckpt
 
 
-def model_class(ckpt: dict[str, Any], path: str | Path, base: type, trust: Sequence[str] = ()) -> type:
+def model_class(
+    ckpt: dict[str, Any], path: str | Path, base: type, trust: Sequence[str] = ()
+) -> type:
     """The allow-listed LightningModule class a checkpoint was saved from.
 
     Args:
@@ -214,7 +229,9 @@ def model_class(ckpt: dict[str, Any], path: str | Path, base: type, trust: Seque
         raise CheckpointError(f"{path} records no model class (not saved by a lit_vision model?)")
     cls = allowed_classes(trust).get(class_path)
     if cls is None or not issubclass(cls, base):
-        raise CheckpointError(f"checkpoint {path}: model class {class_path!r} is not a lit_vision classifier")
+        raise CheckpointError(
+            f"checkpoint {path}: model class {class_path!r} is not a lit_vision classifier"
+        )
     return cls
 
 
@@ -234,7 +251,9 @@ def model_kwargs(cls: type, hparams: Mapping[str, Any], **overrides: Any) -> dic
     return kwargs
 
 
-def sanitize_for_cli(hparams: dict[str, Any], source: str | Path, trust: Sequence[str] = ()) -> dict[str, Any]:
+def sanitize_for_cli(
+    hparams: dict[str, Any], source: str | Path, trust: Sequence[str] = ()
+) -> dict[str, Any]:
     """Model hyperparameters safe for LightningCLI to merge into the config of ``--ckpt_path``.
 
     The class paths are checked; Lightning's instantiator and the callables (optimizer,

@@ -29,7 +29,9 @@ def cpu_has_native_bf16() -> bool:
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
-def auto_precision(accelerator: object = None, strategy: object = None, cpu_bf16: bool = False) -> str:
+def auto_precision(
+    accelerator: object = None, strategy: object = None, cpu_bf16: bool = False
+) -> str:
     """Mixed precision on a GPU that supports it (bf16, else fp16), full precision elsewhere.
 
     ``accelerator`` is the trainer's (``auto``, ``gpu``, ``cuda``, ``cpu``, ...): only CUDA
@@ -39,7 +41,11 @@ def auto_precision(accelerator: object = None, strategy: object = None, cpu_bf16
     Fork-based strategies (``ddp_fork``, ``ddp_notebook``) must not touch CUDA before
     forking, so they get fp16, which every CUDA GPU runs.
     """
-    name = accelerator if isinstance(accelerator, str) or accelerator is None else type(accelerator).__name__
+    name = (
+        accelerator
+        if isinstance(accelerator, str) or accelerator is None
+        else type(accelerator).__name__
+    )
     name = (name or "auto").lower().replace("accelerator", "")
     if name not in ("auto", "gpu", "cuda") or not torch.cuda.is_available():
         if cpu_bf16 and name in ("auto", "cpu") and cpu_has_native_bf16():
@@ -58,7 +64,9 @@ class LitVisionCLI(LightningCLI):
     """LightningCLI with linked class counts, checkpoints, LR monitor and automatic precision."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
+        parser.link_arguments(
+            "data.num_classes", "model.init_args.num_classes", apply_on="instantiate"
+        )
         parser.link_arguments("data.classes", "model.init_args.class_names", apply_on="instantiate")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(
@@ -108,14 +116,22 @@ class LitVisionCLI(LightningCLI):
         config = self.config[subcommand]
         resolve_ckpt_last(config, subcommand)
         ckpt_path = config.get("ckpt_path")
-        if not ckpt_path or ckpt_path in ("best", "last", "hpc", "registry") or str(ckpt_path).startswith("registry:"):
+        if (
+            not ckpt_path
+            or ckpt_path in ("best", "last", "hpc", "registry")
+            or str(ckpt_path).startswith("registry:")
+        ):
             return
         if not Path(ckpt_path).is_file():
             raise CheckpointError(f"--ckpt_path {ckpt_path}: no such file")
         model = config.get("model")
-        trusted = [model.class_path] if isinstance(model, Namespace) and model.get("class_path") else []
+        trusted = (
+            [model.class_path] if isinstance(model, Namespace) and model.get("class_path") else []
+        )
         hparams = sanitize_for_cli(
-            dict(read_checkpoint(ckpt_path, trusted).get("hyper_parameters") or {}), ckpt_path, trusted
+            dict(read_checkpoint(ckpt_path, trusted).get("hyper_parameters") or {}),
+            ckpt_path,
+            trusted,
         )
         if not hparams:
             return
@@ -127,7 +143,9 @@ class LitVisionCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         data_args = config.get("data") and config.data.get("init_args")
         if data_args is not None and str(data_args.get("root")) == "???":
-            raise DataError("data.root is not set: pass --data.root ROOT (the folder with train/ and val/)")
+            raise DataError(
+                "data.root is not set: pass --data.root ROOT (the folder with train/ and val/)"
+            )
         resolve_ckpt_last(config, self.subcommand)
         if "weights_only" in config:
             config.weights_only = True  # the trainer reloads --ckpt_path: plain data only
@@ -144,7 +162,6 @@ class LitVisionCLI(LightningCLI):
         if self.datamodule is not None:
             track_setup_time(self.datamodule)
 
-
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """The trainer, with atomic checkpoint writes and no LR monitor when nothing logs.
 
@@ -159,7 +176,9 @@ class LitVisionCLI(LightningCLI):
             kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
         trainer = super().instantiate_trainer(**kwargs)
         if not trainer.loggers:
-            trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, LearningRateMonitor)]
+            trainer.callbacks = [
+                c for c in trainer.callbacks if not isinstance(c, LearningRateMonitor)
+            ]
         return trainer
 
 
@@ -178,7 +197,9 @@ def resolve_ckpt_last(config: Namespace, subcommand: str | None) -> None:
     name = init.get("name") or "lightning_logs"
     found = find_last_checkpoint(init.save_dir, name)
     if found is None:
-        raise FileNotFoundError(f"--ckpt_path last: no last.ckpt under {Path(init.save_dir) / name}/*/checkpoints/")
+        raise FileNotFoundError(
+            f"--ckpt_path last: no last.ckpt under {Path(init.save_dir) / name}/*/checkpoints/"
+        )
     config.ckpt_path = str(found)
     if subcommand == "fit" and "version" in init and init.get("version") is None:
         init.version = found.parent.parent.name
@@ -206,7 +227,9 @@ class ParseOnlyCLI(LitVisionCLI):
         """Build nothing: the parse (every option and config key checked) is the point."""
 
 
-def build_cli(args: ArgsType, cli_class: type[LitVisionCLI] = LitVisionCLI, **kwargs: Any) -> LitVisionCLI:
+def build_cli(
+    args: ArgsType, cli_class: type[LitVisionCLI] = LitVisionCLI, **kwargs: Any
+) -> LitVisionCLI:
     """A ``LitVisionCLI`` with lit_vision's model/data modes and trainer defaults.
 
     Args:

@@ -91,10 +91,18 @@ class RunSummary(L.Callback):
     @staticmethod
     def summary(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
         """The run's layout as a flat dict (also used by tests)."""
-        batch = getattr(trainer.datamodule, "batch_size", None) if trainer.datamodule is not None else None
+        batch = (
+            getattr(trainer.datamodule, "batch_size", None)
+            if trainer.datamodule is not None
+            else None
+        )
         accumulate = int(trainer.accumulate_grad_batches)
         # The schedule's base (peak) rate: "lr" itself is already the warm-up's first value.
-        lrs = [float(g.get("initial_lr", g["lr"])) for opt in trainer.optimizers for g in opt.param_groups]
+        lrs = [
+            float(g.get("initial_lr", g["lr"]))
+            for opt in trainer.optimizers
+            for g in opt.param_groups
+        ]
         rule = getattr(pl_module, "scale_lr", "none")
         return {
             "precision": str(trainer.precision),

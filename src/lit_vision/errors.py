@@ -51,10 +51,19 @@ def config_error_line(message: str) -> str:
         m = re.search(r'Parser key "([^"]+)"', line)
         if m and m.group(1) not in keys:
             keys.append(m.group(1))
-    noise = ("Parser key", "Does not validate against any of the Union", "Subtypes:", "Errors:",
-             "Given value", "Expected a <class 'NoneType'>", "Problem with given class_path")
+    noise = (
+        "Parser key",
+        "Does not validate against any of the Union",
+        "Subtypes:",
+        "Errors:",
+        "Given value",
+        "Expected a <class 'NoneType'>",
+        "Problem with given class_path",
+    )
     lines = [re.sub(r'^Parser key "[^"]+":\s*', "", line) for line in lines]
-    reasons = [re.sub(r"^- ", "", line) for line in lines if line and not any(n in line for n in noise)]
+    reasons = [
+        re.sub(r"^- ", "", line) for line in lines if line and not any(n in line for n in noise)
+    ]
     reason = reasons[0] if reasons else lines[-1] if lines else "invalid configuration"
     unknown = re.search(r"Option '([^']+)' is not accepted", reason)
     key = ".".join(keys)

@@ -23,7 +23,9 @@ class WorstMistakes:
 
     def __init__(self, k: int) -> None:
         self.k = k
-        self.items: list[tuple[float, np.ndarray, int, int, float]] = []  # loss, image, true, pred, conf
+        self.items: list[
+            tuple[float, np.ndarray, int, int, float]
+        ] = []  # loss, image, true, pred, conf
 
     def add(self, images: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> None:
         """Keep the batch's worst mistakes if they are worse than those kept so far."""
@@ -37,8 +39,15 @@ class WorstMistakes:
         loss = -probs[wrong, targets[wrong]].clamp_min(1e-12).log()
         for j in loss.argsort(descending=True)[: self.k].tolist():
             i = int(wrong[j])
-            self.items.append((float(loss[j]), images[i].detach().cpu().numpy(), int(targets[i]),
-                               int(pred[i]), float(conf[i])))
+            self.items.append(
+                (
+                    float(loss[j]),
+                    images[i].detach().cpu().numpy(),
+                    int(targets[i]),
+                    int(pred[i]),
+                    float(conf[i]),
+                )
+            )
         self.items = sorted(self.items, key=lambda w: -w[0])[: self.k]
 
 
@@ -103,7 +112,10 @@ class EvalCollector:
         self._worst = None
         if trainer.sanity_checking:
             return
-        n = int(getattr(pl_module, "num_classes", 0) or len(getattr(pl_module, "class_names", None) or []))
+        n = int(
+            getattr(pl_module, "num_classes", 0)
+            or len(getattr(pl_module, "class_names", None) or [])
+        )
         if n and (self._confusion is None or self._confusion.num_classes != n):
             self._confusion = MulticlassConfusionMatrix(n)
         if self._confusion is not None:
@@ -114,15 +126,21 @@ class EvalCollector:
     def batch_end(self, outputs: Any, batch: Any) -> None:
         """Count one ``(images, targets)`` batch's predictions."""
         logits = self._tap.take(outputs)
-        if self._worst is None or logits is None or not isinstance(batch, (list, tuple)) or len(batch) < 2:
+        if (
+            self._worst is None
+            or logits is None
+            or not isinstance(batch, (list, tuple))
+            or len(batch) < 2
+        ):
             return
         if self._confusion is None:  # a module without num_classes: one process only
             self._confusion = MulticlassConfusionMatrix(logits.shape[1]).to(logits.device)
         self._confusion.update(logits.detach(), batch[1])
         self._worst.add(batch[0], logits, batch[1])
 
-    def result(self, trainer: L.Trainer,
-               pl_module: L.LightningModule) -> tuple[np.ndarray, list[str], WorstMistakes | None] | None:
+    def result(
+        self, trainer: L.Trainer, pl_module: L.LightningModule
+    ) -> tuple[np.ndarray, list[str], WorstMistakes | None] | None:
         """The epoch's confusion matrix over all processes, class names and worst mistakes.
 
         Every rank must call this after the same epoch (``compute()`` gathers); ``None`` when
@@ -137,11 +155,22 @@ class EvalCollector:
         if cm.sum() == 0:
             return None
         names = [str(c) for c in (getattr(pl_module, "class_names", None) or [])]
-        return cm, names if len(names) == cm.shape[0] else [str(i) for i in range(cm.shape[0])], worst
+        return (
+            cm,
+            names if len(names) == cm.shape[0] else [str(i) for i in range(cm.shape[0])],
+            worst,
+        )
 
 
-def log_figures(loggers: Sequence[TensorBoardLogger], stage: str, title: str, step: int, cm: np.ndarray,
-                names: Sequence[str], worst: WorstMistakes | None) -> None:
+def log_figures(
+    loggers: Sequence[TensorBoardLogger],
+    stage: str,
+    title: str,
+    step: int,
+    cm: np.ndarray,
+    names: Sequence[str],
+    worst: WorstMistakes | None,
+) -> None:
     """Log the confusion matrix (and the worst-mistakes grid) as ``STAGE/...`` images.
 
     Args:
@@ -157,8 +186,13 @@ def log_figures(loggers: Sequence[TensorBoardLogger], stage: str, title: str, st
     if worst is not None:
         w = worst.items
         figs[f"{stage}/worst_misclassified"] = figures.worst_images_figure(
-            [x[1] for x in w], [x[2] for x in w], [x[3] for x in w], [x[4] for x in w], names,
-            f"{title}: {len(w)} worst misclassified (true / predicted, confidence)")
+            [x[1] for x in w],
+            [x[2] for x in w],
+            [x[3] for x in w],
+            [x[4] for x in w],
+            names,
+            f"{title}: {len(w)} worst misclassified (true / predicted, confidence)",
+        )
     for tag, fig in figs.items():
         for logger in loggers:
             logger.experiment.add_figure(tag, fig, global_step=step, close=False)

@@ -37,8 +37,15 @@ def confusion_matrix_figure(cm: np.ndarray, class_names: Sequence[str], title: s
         for i in range(n):
             for j in range(n):
                 if cm[i, j]:
-                    ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=font,
-                            color="white" if share[i, j] > 0.5 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        str(cm[i, j]),
+                        ha="center",
+                        va="center",
+                        fontsize=font,
+                        color="white" if share[i, j] > 0.5 else "black",
+                    )
     acc = np.trace(cm) / max(1, cm.sum())
     ax.set_title(f"{title} (accuracy {acc:.4f}, {int(cm.sum())} images)".strip())
     fig.tight_layout()
@@ -66,7 +73,9 @@ def worst_images_figure(
     n = len(images)
     cols = min(8, max(1, n))
     rows = max(1, -(-n // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 2.3 * rows + 0.4), dpi=90, squeeze=False)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(1.9 * cols, 2.3 * rows + 0.4), dpi=90, squeeze=False
+    )
     for ax in axes.flat:
         ax.axis("off")
     for k, ax in enumerate(axes.flat[:n]):
@@ -75,7 +84,9 @@ def worst_images_figure(
             img = img.transpose(1, 2, 0)
         if img.dtype != np.uint8:
             img = np.clip(img * (255.0 if img.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
-        ax.imshow(img.squeeze(), cmap="gray" if img.shape[-1] == 1 else None, interpolation="nearest")
+        ax.imshow(
+            img.squeeze(), cmap="gray" if img.shape[-1] == 1 else None, interpolation="nearest"
+        )
         ax.set_title(
             f"true: {_short(class_names[true[k]])}\npred: {_short(class_names[pred[k]])} ({confidence[k]:.2f})",
             fontsize=7,

@@ -64,7 +64,7 @@ class FreezeSchedule:
             return []
         if self.unfreeze_blocks is None:
             return list(self.net.features.parameters())
-        return [p for g in self.net.groups()[-self.unfreeze_blocks:] for p in g]
+        return [p for g in self.net.groups()[-self.unfreeze_blocks :] for p in g]
 
     def apply_phase(self, epoch: int) -> int:
         """Set ``requires_grad`` and BatchNorm modes for ``epoch``; idempotent. Returns the phase."""
@@ -86,7 +86,8 @@ class FreezeSchedule:
             else:
                 for m in self.net.features.modules():
                     if isinstance(m, nn.modules.batchnorm._BatchNorm) and (
-                        not self.train_bn or not any(p.requires_grad for p in m.parameters(recurse=False))
+                        not self.train_bn
+                        or not any(p.requires_grad for p in m.parameters(recurse=False))
                     ):
                         m.eval()
         return self
@@ -100,7 +101,13 @@ class FreezeSchedule:
         phase = self.apply_phase(self.current_epoch)
         # Same on every rank; sync_dist only keeps Lightning's DDP warning quiet.
         self.log("train/phase", float(phase), on_step=False, on_epoch=True, sync_dist=True)
-        self.log("train/trainable_params", float(self.num_trainable()), on_step=False, on_epoch=True, sync_dist=True)
+        self.log(
+            "train/trainable_params",
+            float(self.num_trainable()),
+            on_step=False,
+            on_epoch=True,
+            sync_dist=True,
+        )
 
     def setup(self, stage: str) -> None:
         """Before DDP wraps the model: let it tolerate parameters frozen for a while."""
@@ -109,10 +116,14 @@ class FreezeSchedule:
         if stage == "fit" and toggles and isinstance(strategy, DDPStrategy):
             kwargs = strategy._ddp_kwargs
             if kwargs.get("static_graph"):
-                raise ValueError("TransferClassifier freezes parameters for some epochs: DDP static_graph must be false")
+                raise ValueError(
+                    "TransferClassifier freezes parameters for some epochs: DDP static_graph must be false"
+                )
             if not kwargs.get("find_unused_parameters"):
                 kwargs["find_unused_parameters"] = True
-                rank_zero_info("lit_vision: DDP find_unused_parameters=True (frozen backbone epochs)")
+                rank_zero_info(
+                    "lit_vision: DDP find_unused_parameters=True (frozen backbone epochs)"
+                )
 
     # -- optimizer --------------------------------------------------------------------------
     def head_lr(self) -> float:
@@ -121,7 +132,11 @@ class FreezeSchedule:
 
     def param_groups(self) -> list[dict[str, Any]]:
         """Head and whole backbone as two groups from the start (frozen ones get no grads)."""
-        lr = self.backbone_lr if self.backbone_lr is not None else self.head_lr() * self.backbone_lr_scale
+        lr = (
+            self.backbone_lr
+            if self.backbone_lr is not None
+            else self.head_lr() * self.backbone_lr_scale
+        )
         return [
             {"params": list(self.net.head.parameters()), "name": "head"},
             {"params": list(self.net.features.parameters()), "lr": lr, "name": "backbone"},

@@ -16,7 +16,20 @@ from lit_vision.errors import LitVisionError
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".pbm", ".pnm", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+    {
+        ".jpg",
+        ".jpeg",
+        ".png",
+        ".ppm",
+        ".pgm",
+        ".pbm",
+        ".pnm",
+        ".bmp",
+        ".gif",
+        ".tif",
+        ".tiff",
+        ".webp",
+    }
 )
 # Largest image decoded, in pixels actually decoded (after a JPEG's reduced-scale draft).
 # A decode holds the whole image at full size (PIL cannot stream PNG rows), so this bounds
@@ -95,7 +108,9 @@ def is_hidden_image(path: str | Path, root: str | Path) -> bool:
     macOS resource forks (``._x.jpg``) are metadata, not images, and do not count.
     """
     p = Path(path)
-    return is_hidden(p, root) and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("._")
+    return (
+        is_hidden(p, root) and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("._")
+    )
 
 
 def file_sha256(path: str | Path) -> str:
@@ -159,8 +174,12 @@ def _decode(img: Image.Image, hw: tuple[int, int] | None) -> np.ndarray:
     # The 16-bit scaling rule depends on the full image's maximum, not the resized one's.
     high = float(img.getextrema()[1]) if img.mode in ("I", "F") else 0.0
     if hw is not None:
-        swap = upright in (Image.Transpose.TRANSPOSE, Image.Transpose.TRANSVERSE,
-                           Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_270)
+        swap = upright in (
+            Image.Transpose.TRANSPOSE,
+            Image.Transpose.TRANSVERSE,
+            Image.Transpose.ROTATE_90,
+            Image.Transpose.ROTATE_270,
+        )
         target = (hw[0], hw[1]) if swap else (hw[1], hw[0])
         if img.size != target:
             img = img.resize(target, RESIZE_FILTER)
@@ -170,7 +189,10 @@ def _decode(img: Image.Image, hw: tuple[int, int] | None) -> np.ndarray:
 
 
 def load_image(
-    path: str | Path, size: int | tuple[int, int] | None = None, *, max_megapixels: float | None = None
+    path: str | Path,
+    size: int | tuple[int, int] | None = None,
+    *,
+    max_megapixels: float | None = None,
 ) -> np.ndarray:
     """Decode one image file to an RGB uint8 array, optionally resized.
 
@@ -205,7 +227,9 @@ def load_image(
                 w, h = img.size
                 if w * h > limit * 1e6:
                     mp = f"{w}x{h} is {w * h / 1e6:.0f} megapixels"
-                    raise ImageDecodeError(path, f"{mp}, over the limit of {limit:g} (max_megapixels)")
+                    raise ImageDecodeError(
+                        path, f"{mp}, over the limit of {limit:g} (max_megapixels)"
+                    )
                 arr = _decode(img, hw)
     except ImageDecodeError:
         raise

@@ -92,14 +92,19 @@ class InsightCallback(Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """Start the report (once per callback) and record the stage."""
         if not self.report:
-            self.report = {"run": {"started": now(), "stages": []},
-                           "timing": {"data_setup": {}, "train_phases": {}, "validation": 0.0},
-                           "history": [], "evaluation": {}}
+            self.report = {
+                "run": {"started": now(), "stages": []},
+                "timing": {"data_setup": {}, "train_phases": {}, "validation": 0.0},
+                "history": [],
+                "evaluation": {},
+            }
         if stage not in self.report["run"]["stages"]:
             self.report["run"]["stages"].append(stage)
         self._eval.attach(pl_module)
         if trainer.datamodule is not None:
-            track_setup_time(trainer.datamodule)  # later stages in this process get timed even outside the CLI
+            track_setup_time(
+                trainer.datamodule
+            )  # later stages in this process get timed even outside the CLI
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """Remove the forward hook."""
@@ -133,11 +138,20 @@ class InsightCallback(Callback):
         phases = self.report["timing"]["train_phases"]
         if phase not in phases:
             trainable = count_params(pl_module, trainable=True)
-            phases[phase] = {"epochs": [], "seconds": 0.0, "images": 0, "trainable_params": trainable}
+            phases[phase] = {
+                "epochs": [],
+                "seconds": 0.0,
+                "images": 0,
+                "trainable_params": trainable,
+            }
             if len(phases) > 1 or phase != "train":
                 for logger in self._tb_loggers(trainer):
-                    logger.experiment.add_text("phase", f"epoch {trainer.current_epoch}: phase `{phase}`, "
-                                               f"{trainable:,} trainable parameters", trainer.global_step)
+                    logger.experiment.add_text(
+                        "phase",
+                        f"epoch {trainer.current_epoch}: phase `{phase}`, "
+                        f"{trainable:,} trainable parameters",
+                        trainer.global_step,
+                    )
         phases[phase]["epochs"].append(trainer.current_epoch)
         self._phase_now = phase
         # The learning rates this epoch starts with, read from the optimizers themselves (the LR
@@ -148,36 +162,53 @@ class InsightCallback(Callback):
                 name = group.get("name") or (f"{i}.{j}" if len(trainer.optimizers) > 1 else str(j))
                 entry[f"lr/{name}"] = float(group["lr"])
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
-                             batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         """Note the training phase at the epoch's first batch."""
         if self._phase_now is None:
             self._enter_phase(trainer, pl_module)
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
-                           batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
         """Count this rank's training images."""
         if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], torch.Tensor):
             self._images_epoch += len(batch[0])
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Book the epoch's training time (validation excluded) and log the throughput."""
-        seconds = time.perf_counter() - self._t.pop("train_epoch", time.perf_counter()) - self._val_in_epoch
+        seconds = (
+            time.perf_counter()
+            - self._t.pop("train_epoch", time.perf_counter())
+            - self._val_in_epoch
+        )
         if self._phase_now is None:  # an epoch without batches
             self._enter_phase(trainer, pl_module)
         ph = self.report["timing"]["train_phases"][self._phase_now]
         ph["seconds"] += seconds
         ph["images"] += self._images_epoch
         entry = self._history_entry(trainer.current_epoch)
-        entry.update(phase=self._phase_now, train_seconds=round(seconds, 2), train_images=self._images_epoch)
+        entry.update(
+            phase=self._phase_now, train_seconds=round(seconds, 2), train_images=self._images_epoch
+        )
         if self._images_epoch and seconds > 0:
             # Every rank runs the same number of batches, so rank 0's count x world size is the total.
             total = self._images_epoch * trainer.world_size
-            rank_zero_info(f"lit_vision epoch {trainer.current_epoch}: {total / seconds:.0f} train images/s "
-                           f"({total} images in {seconds:.1f} s, all ranks)")
+            rank_zero_info(
+                f"lit_vision epoch {trainer.current_epoch}: {total / seconds:.0f} train images/s "
+                f"({total} images in {seconds:.1f} s, all ranks)"
+            )
             if trainer.global_rank == 0:
                 for logger in trainer.loggers:
-                    logger.log_metrics({"perf/train_images_per_sec": total / seconds}, step=trainer.global_step)
+                    logger.log_metrics(
+                        {"perf/train_images_per_sec": total / seconds}, step=trainer.global_step
+                    )
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Start the validation timer."""
@@ -187,8 +218,15 @@ class InsightCallback(Callback):
         """Reset the confusion matrix and the worst mistakes."""
         self._eval.start(trainer, pl_module)
 
-    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
-                                batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_validation_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         """Count the batch's predictions."""
         self._eval.batch_end(outputs, batch)
 
@@ -208,21 +246,33 @@ class InsightCallback(Callback):
         last = not fitting or self._is_last_epoch(trainer)
         due = (trainer.current_epoch + 1) % self.every_n_epochs == 0 or last
         t0 = time.perf_counter()
-        self._evaluate(trainer, pl_module, "val", f"epoch {trainer.current_epoch}" if fitting else "validate", due)
+        self._evaluate(
+            trainer,
+            pl_module,
+            "val",
+            f"epoch {trainer.current_epoch}" if fitting else "validate",
+            due,
+        )
         if not fitting:
             self._finish(trainer, pl_module, "validated")
         overhead = time.perf_counter() - t0
-        self.report["timing"]["insight_overhead"] = self.report["timing"].get("insight_overhead", 0.0) + overhead
+        self.report["timing"]["insight_overhead"] = (
+            self.report["timing"].get("insight_overhead", 0.0) + overhead
+        )
         if "train_epoch" in self._t:  # figures drawn mid-epoch are not training time either
             self._val_in_epoch += overhead
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Book the fit's wall time and write the report."""
         self._record_train_metrics(trainer)
-        self.report["timing"]["fit_wall"] = time.perf_counter() - self._t.pop("fit", time.perf_counter())
+        self.report["timing"]["fit_wall"] = time.perf_counter() - self._t.pop(
+            "fit", time.perf_counter()
+        )
         self._finish(trainer, pl_module, "fitted")
 
-    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
         """Write the report of a run stopped by an exception."""
         if self.report and not trainer.sanity_checking:
             self._finish(trainer, pl_module, f"stopped by {type(exception).__name__}")
@@ -236,15 +286,23 @@ class InsightCallback(Callback):
         """Reset the confusion matrix and the worst mistakes."""
         self._eval.start(trainer, pl_module)
 
-    def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
-                          batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_test_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         """Count the batch's predictions."""
         self._eval.batch_end(outputs, batch)
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Book test time, draw the figures, write the report."""
         self.report["timing"]["test"] = (self.report["timing"].get("test") or 0.0) + (
-            time.perf_counter() - self._t.pop("test", time.perf_counter()))
+            time.perf_counter() - self._t.pop("test", time.perf_counter())
+        )
         self._evaluate(trainer, pl_module, "test", "test", figures_due=True)
         self._finish(trainer, pl_module, "tested")
 
@@ -257,12 +315,17 @@ class InsightCallback(Callback):
 
     @staticmethod
     def _is_last_epoch(trainer: L.Trainer) -> bool:
-        return trainer.max_epochs is not None and 0 < trainer.max_epochs <= trainer.current_epoch + 1
+        return (
+            trainer.max_epochs is not None and 0 < trainer.max_epochs <= trainer.current_epoch + 1
+        )
 
     @staticmethod
     def _metrics(trainer: L.Trainer, prefix: str = "") -> dict[str, float]:
-        return {k: round(float(v), 6) for k, v in trainer.callback_metrics.items()
-                if k.startswith(prefix) and isinstance(v, torch.Tensor) and v.numel() == 1}
+        return {
+            k: round(float(v), 6)
+            for k, v in trainer.callback_metrics.items()
+            if k.startswith(prefix) and isinstance(v, torch.Tensor) and v.numel() == 1
+        }
 
     def _history_entry(self, epoch: int) -> dict[str, Any]:
         hist = self.report["history"]
@@ -276,8 +339,14 @@ class InsightCallback(Callback):
         if self.report["history"]:
             self.report["history"][-1].update(self._metrics(trainer, "train/"))
 
-    def _evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str, when: str,
-                  figures_due: bool) -> None:
+    def _evaluate(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        stage: str,
+        when: str,
+        figures_due: bool,
+    ) -> None:
         result = self._eval.result(trainer, pl_module)
         if result is None:
             return
@@ -288,7 +357,15 @@ class InsightCallback(Callback):
         loggers = self._tb_loggers(trainer)
         if self.figures and figures_due and loggers:
             step = trainer.current_epoch if stage == "val" else trainer.global_step
-            log_figures(loggers, stage, f"{stage} {when}", step, cm, names, worst if self.worst_k > 0 else None)
+            log_figures(
+                loggers,
+                stage,
+                f"{stage} {when}",
+                step,
+                cm,
+                names,
+                worst if self.worst_k > 0 else None,
+            )
 
     def _finish(self, trainer: L.Trainer, pl_module: L.LightningModule, status: str) -> None:
         # trainer.log_dir broadcasts from rank 0: every rank must ask, before the rank check.
@@ -297,7 +374,11 @@ class InsightCallback(Callback):
             return
         r = self.report
         loggers = self._tb_loggers(trainer)
-        r["run"].update(status=status, updated=now(), **run_info(trainer, loggers[0] if loggers else None, log_dir))
+        r["run"].update(
+            status=status,
+            updated=now(),
+            **run_info(trainer, loggers[0] if loggers else None, log_dir),
+        )
         if trainer.ckpt_path:  # the weights a validate/test (or resumed fit) started from
             fn = str(getattr(trainer.state.fn, "value", trainer.state.fn))
             r["run"].setdefault("loaded_checkpoints", {})[fn] = str(trainer.ckpt_path)
@@ -305,7 +386,9 @@ class InsightCallback(Callback):
         self._dataset_and_throughput(trainer)
         r["model"] = model_info(pl_module)
         if isinstance(trainer.checkpoint_callback, ModelCheckpoint):
-            r["checkpoints"] = checkpoint_info(trainer.checkpoint_callback, r.get("checkpoints", {}))
+            r["checkpoints"] = checkpoint_info(
+                trainer.checkpoint_callback, r.get("checkpoints", {})
+            )
         r["final_metrics"] = {**r.get("final_metrics", {}), **self._metrics(trainer)}
         if status == "fitted":
             self._log_hparams(trainer, pl_module)
@@ -348,8 +431,12 @@ class InsightCallback(Callback):
             "hp/params_million": r["model"]["total_params"] / 1e6,
         }
         dm = trainer.datamodule
-        extra = {"model_class": type(pl_module).__name__, "data_class": type(dm).__name__ if dm else None,
-                 "max_epochs": trainer.max_epochs, "precision": str(trainer.precision)}
+        extra = {
+            "model_class": type(pl_module).__name__,
+            "data_class": type(dm).__name__ if dm else None,
+            "max_epochs": trainer.max_epochs,
+            "precision": str(trainer.precision),
+        }
         for logger in loggers:
             try:
                 logger.log_hyperparams({**dict(logger.hparams), **extra}, metrics)

@@ -85,9 +85,13 @@ class ImageClassifier(L.LightningModule):
         # Collects the arguments of every __init__ on the way here, the subclass's included.
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.num_classes = num_classes
-        self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
+        self.class_names = (
+            list(class_names) if class_names else [str(i) for i in range(num_classes)]
+        )
         if len(self.class_names) != num_classes:
-            raise ValueError(f"model.class_names has {len(self.class_names)} names for {num_classes} classes")
+            raise ValueError(
+                f"model.class_names has {len(self.class_names)} names for {num_classes} classes"
+            )
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.label_smoothing = label_smoothing
@@ -98,8 +102,12 @@ class ImageClassifier(L.LightningModule):
         if net is not None:
             self.net = net
         default_mean, default_std = self.default_normalization()
-        self.register_buffer("mean", torch.tensor(mean or default_mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std or default_std).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer(
+            "mean", torch.tensor(mean or default_mean).view(1, 3, 1, 1), persistent=False
+        )
+        self.register_buffer(
+            "std", torch.tensor(std or default_std).view(1, 3, 1, 1), persistent=False
+        )
         self.train_metrics = _stage_metrics(num_classes, "train/")
         self.val_metrics = _stage_metrics(num_classes, "val/")
         self.test_metrics = _stage_metrics(num_classes, "test/")
@@ -170,11 +178,20 @@ class ImageClassifier(L.LightningModule):
         on_step = stage == "train"
         mean_loss = getattr(self, f"{stage}_loss")
         mean_loss(loss.detach(), len(y))  # the step value (this rank's) and the epoch accumulation
-        self.log(f"{stage}/loss", mean_loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(y))
+        self.log(
+            f"{stage}/loss",
+            mean_loss,
+            on_step=on_step,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=len(y),
+        )
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train")
         return loss
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
+    ) -> torch.Tensor:
         return self._step(batch, "train")
 
     def on_validation_epoch_start(self) -> None:
@@ -187,7 +204,9 @@ class ImageClassifier(L.LightningModule):
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._step(batch, "test")
 
-    def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def predict_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
+    ) -> torch.Tensor:
         return self(batch[0]).softmax(dim=1)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -208,7 +227,11 @@ class ImageClassifier(L.LightningModule):
     def configure_optimizers(self) -> Any:
         """The configured optimizer over ``param_groups()``, LR scaling, and the schedule."""
         return build_optimization(
-            self.optimizer_factory, self.scheduler_factory, self.param_groups(), self._trainer, self.scale_lr
+            self.optimizer_factory,
+            self.scheduler_factory,
+            self.param_groups(),
+            self._trainer,
+            self.scale_lr,
         )
 
 
@@ -261,18 +284,32 @@ class CNNClassifier(ImageClassifier):
         scale_lr: ScaleLR = "none",
     ) -> None:
         super().__init__(
-            num_classes, class_names=class_names, optimizer=optimizer, scheduler=scheduler,
-            label_smoothing=label_smoothing, mean=mean, std=std, channels_last=channels_last,
-            input_norm=input_norm, compile=compile, scale_lr=scale_lr,
+            num_classes,
+            class_names=class_names,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            label_smoothing=label_smoothing,
+            mean=mean,
+            std=std,
+            channels_last=channels_last,
+            input_norm=input_norm,
+            compile=compile,
+            scale_lr=scale_lr,
         )
 
     def configure_network(self) -> SimpleCNN:
         """The ``SimpleCNN`` the hyperparameters describe."""
         hp = self.hparams
         return SimpleCNN(
-            hp.num_classes, channels=hp.channels, convs_per_block=hp.convs_per_block,
-            batch_norm=hp.batch_norm, block_dropout=hp.block_dropout, pooling=hp.pooling,
-            pool_grid=hp.pool_grid, hidden=hp.hidden, dropout=hp.dropout,
+            hp.num_classes,
+            channels=hp.channels,
+            convs_per_block=hp.convs_per_block,
+            batch_norm=hp.batch_norm,
+            block_dropout=hp.block_dropout,
+            pooling=hp.pooling,
+            pool_grid=hp.pool_grid,
+            hidden=hp.hidden,
+            dropout=hp.dropout,
         )
 
 
@@ -345,9 +382,17 @@ class TransferClassifier(FreezeSchedule, ImageClassifier):
         scale_lr: ScaleLR = "none",
     ) -> None:
         super().__init__(
-            num_classes, class_names=class_names, optimizer=optimizer, scheduler=scheduler,
-            label_smoothing=label_smoothing, mean=mean, std=std, channels_last=channels_last,
-            input_norm=input_norm, compile=compile, scale_lr=scale_lr,
+            num_classes,
+            class_names=class_names,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            label_smoothing=label_smoothing,
+            mean=mean,
+            std=std,
+            channels_last=channels_last,
+            input_norm=input_norm,
+            compile=compile,
+            scale_lr=scale_lr,
         )
         self.default_image_size = int(self.net.data_config()["input_size"][-1])
         self.freeze_epochs = freeze_epochs
@@ -361,8 +406,14 @@ class TransferClassifier(FreezeSchedule, ImageClassifier):
         """The timm backbone (with its weights) and a fresh head, as the hyperparameters say."""
         hp = self.hparams
         return TransferNet(
-            hp.backbone, hp.num_classes, pooling=hp.pooling, hidden=hp.hidden, dropout=hp.dropout,
-            pretrained=hp.pretrained, weights=hp.weights, weights_path=hp.weights_path,
+            hp.backbone,
+            hp.num_classes,
+            pooling=hp.pooling,
+            hidden=hp.hidden,
+            dropout=hp.dropout,
+            pretrained=hp.pretrained,
+            weights=hp.weights,
+            weights_path=hp.weights_path,
         )
 
     def default_normalization(self) -> tuple[Sequence[float], Sequence[float]]:

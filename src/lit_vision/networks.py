@@ -36,7 +36,9 @@ class GlobalPool(SelectAdaptivePool2d):
             raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, not {kind!r}")
         if grid < 1:
             raise ValueError(f"pool_grid must be at least 1, not {grid}")
-        super().__init__(output_size=grid, pool_type=f"fast{kind}" if grid == 1 else kind, flatten=True)
+        super().__init__(
+            output_size=grid, pool_type=f"fast{kind}" if grid == 1 else kind, flatten=True
+        )
         self.kind = kind
         self.grid = grid
 
@@ -111,7 +113,9 @@ class SimpleCNN(nn.Module):
                 layers.append(nn.Dropout2d(block_dropout))
         self.features = nn.Sequential(*layers)
         self.pool = GlobalPool(pooling, pool_grid)
-        self.head = classifier_head(c_in * self.pool.multiplier, num_classes, hidden=hidden, dropout=dropout)
+        self.head = classifier_head(
+            c_in * self.pool.multiplier, num_classes, hidden=hidden, dropout=dropout
+        )
         self.num_features = c_in
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -158,12 +162,18 @@ class TransferNet(nn.Module):
         super().__init__()
         self.arch = backbone
         self.features = create_timm_model(
-            backbone, pretrained=pretrained, weights=weights, weights_path=weights_path,
-            num_classes=0, global_pool="",
+            backbone,
+            pretrained=pretrained,
+            weights=weights,
+            weights_path=weights_path,
+            num_classes=0,
+            global_pool="",
         )
         self.pool = GlobalPool(pooling)
         # MobileNetV3 & co. keep a 1x1 conv head after the stages: its width is what comes out.
-        self.num_features = int(getattr(self.features, "head_hidden_size", None) or self.features.num_features)
+        self.num_features = int(
+            getattr(self.features, "head_hidden_size", None) or self.features.num_features
+        )
         self.head = classifier_head(
             self.num_features * self.pool.multiplier, num_classes, hidden=hidden, dropout=dropout
         )
@@ -184,7 +194,10 @@ class TransferNet(nn.Module):
         params = dict(self.features.named_parameters())
         matcher = getattr(self.features, "group_matcher", None)
         if matcher is None:  # one group per top-level child
-            names = [[f"{c}.{n}" for n, _ in m.named_parameters()] for c, m in self.features.named_children()]
+            names = [
+                [f"{c}.{n}" for n, _ in m.named_parameters()]
+                for c, m in self.features.named_children()
+            ]
         else:
             names = list(group_parameters(self.features, matcher(coarse=True)).values())
         return [[params[n] for n in g] for g in names if g]

@@ -30,7 +30,9 @@ def optimizer_lr(factory: Callable[..., torch.optim.Optimizer]) -> float:
     while isinstance(target, functools.partial):
         if "lr" in target.keywords:
             return float(target.keywords["lr"])
-        classes = [a for a in target.args if isinstance(a, type)]  # jsonargparse: (instantiator, cls)
+        classes = [
+            a for a in target.args if isinstance(a, type)
+        ]  # jsonargparse: (instantiator, cls)
         target = classes[0] if classes else target.func
     param = inspect.signature(target).parameters.get("lr")
     if param is None or param.default is inspect.Parameter.empty:

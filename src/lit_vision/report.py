@@ -12,7 +12,14 @@ import torch
 
 from lit_vision.runinfo import environment_info
 
-__all__ = ["environment_info", "evaluation_from_confusion", "render_markdown", "top_confusions", "write_report"]
+__all__ = [
+    "environment_info",
+    "evaluation_from_confusion",
+    "render_markdown",
+    "top_confusions",
+    "write_report",
+]
+
 
 def evaluation_from_confusion(cm: np.ndarray, class_names: Sequence[str]) -> dict[str, Any]:
     """Accuracy, macro averages and per-class precision/recall/F1/support from counts.
@@ -40,8 +47,13 @@ def evaluation_from_confusion(cm: np.ndarray, class_names: Sequence[str]) -> dic
         "macro_recall": float(r.mean()),
         "macro_f1": float(f.mean()),
         "per_class": [
-            {"class": str(c), "precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
-             "support": int(support[i])}
+            {
+                "class": str(c),
+                "precision": float(p[i]),
+                "recall": float(r[i]),
+                "f1": float(f[i]),
+                "support": int(support[i]),
+            }
             for i, c in enumerate(class_names)
         ],
     }
@@ -57,7 +69,9 @@ def top_confusions(cm: np.ndarray, class_names: Sequence[str], k: int = 10) -> l
         i, j = divmod(int(flat), cm.shape[1])
         if off[i, j] == 0:
             break
-        out.append({"true": str(class_names[i]), "pred": str(class_names[j]), "count": int(off[i, j])})
+        out.append(
+            {"true": str(class_names[i]), "pred": str(class_names[j]), "count": int(off[i, j])}
+        )
     return out
 
 
@@ -103,14 +117,19 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
 def _header(r: dict[str, Any]) -> list[str]:
     run = r.get("run", {})
     return [
-        f"# Run report: {run.get('name', 'lit_vision')} {run.get('version', '')}".rstrip(), "",
+        f"# Run report: {run.get('name', 'lit_vision')} {run.get('version', '')}".rstrip(),
+        "",
         f"- status: **{run.get('status', '?')}**, stages: {', '.join(run.get('stages', [])) or '—'}",
         f"- started {run.get('started', '—')}, report written {run.get('updated', '—')}",
         f"- log directory: `{run.get('log_dir', '—')}` (resolved config: `config.yaml` there)",
         f"- process command: `{run.get('command', '—')}`",
-        *[f"- {fn} started from checkpoint `{path}`" for fn, path in run.get("loaded_checkpoints", {}).items()],
+        *[
+            f"- {fn} started from checkpoint `{path}`"
+            for fn, path in run.get("loaded_checkpoints", {}).items()
+        ],
         f"- precision {run.get('precision', '—')}, accelerator {run.get('accelerator', '—')}, "
-        f"devices {run.get('devices', '—')}, strategy {run.get('strategy', '—')}, seed {run.get('seed', '—')}", "",
+        f"devices {run.get('devices', '—')}, strategy {run.get('strategy', '—')}, seed {run.get('seed', '—')}",
+        "",
     ]
 
 
@@ -119,21 +138,33 @@ def _environment(r: dict[str, Any]) -> list[str]:
     if not env:
         return ["## Environment", ""]
     pk = env.get("packages", {})
-    cuda = (f"available, {env.get('cuda_version')}, cuDNN {env.get('cudnn_version')}"
-            if env.get("cuda_available") else "not available")
+    cuda = (
+        f"available, {env.get('cuda_version')}, cuDNN {env.get('cudnn_version')}"
+        if env.get("cuda_available")
+        else "not available"
+    )
     lock = env.get("lock")
-    locked = (f"- `{lock['file']}` sha256 {lock['sha256'][:16]}...: "
-              + ("the environment matches it" if lock["matches"] else "differs: " + "; ".join(lock["differences"]))
-              if lock else "- no lock file beside the package (not run from the source tree)")
+    locked = (
+        f"- `{lock['file']}` sha256 {lock['sha256'][:16]}...: "
+        + (
+            "the environment matches it"
+            if lock["matches"]
+            else "differs: " + "; ".join(lock["differences"])
+        )
+        if lock
+        else "- no lock file beside the package (not run from the source tree)"
+    )
     return [
-        "## Environment", "",
+        "## Environment",
+        "",
         f"- Python {env.get('python')} on {env.get('platform')}",
         locked,
         "- " + ", ".join(f"{k} {v}" for k, v in pk.items() if v),
         f"- CPU: {env.get('cpu')} — {env.get('cpu_cores_physical')} physical / "
         f"{env.get('cpu_cores_logical')} logical cores ({env.get('cpus_usable')} usable), "
         f"{env.get('memory_gb')} GB RAM, torch threads {env.get('torch_threads')}",
-        f"- CUDA: {cuda}" + (f"; GPUs: {', '.join(env['gpus'])}" if env.get("gpus") else ""), "",
+        f"- CUDA: {cuda}" + (f"; GPUs: {', '.join(env['gpus'])}" if env.get("gpus") else ""),
+        "",
     ]
 
 
@@ -142,18 +173,31 @@ def _dataset(r: dict[str, Any]) -> list[str]:
     if not ds.get("splits"):
         return ["## Dataset", "", "not recorded (DataModule without root/classes)", ""]
     names = ds.get("classes", [])
-    out = ["## Dataset", "",
-           f"- root `{ds.get('root')}`, {ds.get('num_classes')} classes, model input "
-           f"{ds.get('input_size')} px, batch size {ds.get('batch_size')}",
-           f"- classes: {', '.join(names[:60])}{' …' if len(names) > 60 else ''}", ""]
+    out = [
+        "## Dataset",
+        "",
+        f"- root `{ds.get('root')}`, {ds.get('num_classes')} classes, model input "
+        f"{ds.get('input_size')} px, batch size {ds.get('batch_size')}",
+        f"- classes: {', '.join(names[:60])}{' …' if len(names) > 60 else ''}",
+        "",
+    ]
     rows = []
     for split, s in ds["splits"].items():
         sz = s.get("sizes") or {}
-        rows.append([split, s["images"], s["min_per_class"], s["max_per_class"],
-                     "{}–{}".format(*sz["width"][::2]) if sz else "—",
-                     "{}–{}".format(*sz["height"][::2]) if sz else "—",
-                     f"{sz['most_common']} ({sz['most_common_share']:.0%})" if sz else "—"])
-    out += _table(["split", "images", "min/class", "max/class", "width", "height", "most common size"], rows)
+        rows.append(
+            [
+                split,
+                s["images"],
+                s["min_per_class"],
+                s["max_per_class"],
+                "{}–{}".format(*sz["width"][::2]) if sz else "—",
+                "{}–{}".format(*sz["height"][::2]) if sz else "—",
+                f"{sz['most_common']} ({sz['most_common_share']:.0%})" if sz else "—",
+            ]
+        )
+    out += _table(
+        ["split", "images", "min/class", "max/class", "width", "height", "most common size"], rows
+    )
     return [*out, "", "(image sizes from up to 300 evenly spaced files per split)", ""]
 
 
@@ -162,22 +206,40 @@ def _timing(r: dict[str, Any]) -> list[str]:
     setup = t.get("data_setup", {})
     rows = [[f"data preparation (DataModule.setup: {k})", _seconds(v)] for k, v in setup.items()]
     if not setup:
-        rows.append(["data preparation", "not measured (DataModule not built by the lit_vision CLI)"])
+        rows.append(
+            ["data preparation", "not measured (DataModule not built by the lit_vision CLI)"]
+        )
     for name, ph in t.get("train_phases", {}).items():
-        rows.append([f"training, phase `{name}` (epochs {ph['epochs'][0]}–{ph['epochs'][-1]}, "
-                     f"{ph['images']} images, {ph['trainable_params']:,} trainable params)",
-                     _seconds(ph["seconds"])])
+        rows.append(
+            [
+                f"training, phase `{name}` (epochs {ph['epochs'][0]}–{ph['epochs'][-1]}, "
+                f"{ph['images']} images, {ph['trainable_params']:,} trainable params)",
+                _seconds(ph["seconds"]),
+            ]
+        )
     if {"fit", "validate"} & set(run.get("stages", [])):
-        rows.append(["validation (all epochs, sanity check excluded)", _seconds(t.get("validation"))])
+        rows.append(
+            ["validation (all epochs, sanity check excluded)", _seconds(t.get("validation"))]
+        )
     rows.append(["test", _seconds(t.get("test")) if t.get("test") is not None else "not run"])
     if t.get("insight_overhead"):
-        rows.append(["figures and report (this callback; not in training time)", _seconds(t["insight_overhead"])])
+        rows.append(
+            [
+                "figures and report (this callback; not in training time)",
+                _seconds(t["insight_overhead"]),
+            ]
+        )
     if "fit" in run.get("stages", []):
-        rows.append(["fit wall time (training + validation + overhead)", _seconds(t.get("fit_wall"))])
+        rows.append(
+            ["fit wall time (training + validation + overhead)", _seconds(t.get("fit_wall"))]
+        )
     out = ["## Time per stage", "", *_table(["stage", "time"], rows)]
     if t.get("train_images_per_s"):
-        out += ["", f"Training throughput: **{t['train_images_per_s']:.0f} images/s** "
-                "(loader + forward + backward + step, validation excluded)."]
+        out += [
+            "",
+            f"Training throughput: **{t['train_images_per_s']:.0f} images/s** "
+            "(loader + forward + backward + step, validation excluded).",
+        ]
     return [*out, ""]
 
 
@@ -185,36 +247,59 @@ def _model(r: dict[str, Any]) -> list[str]:
     m = r.get("model", {})
     out = ["## Model", ""]
     if m:
-        out += [f"- `{m.get('class')}`: {m.get('total_params', 0):,} parameters, "
-                f"{m.get('trainable_params', 0):,} trainable at the end, {m.get('size_mb', 0):.2f} MB (fp32)",
-                "- hyperparameters: `" + json.dumps(m.get("hparams", {}), default=str) + "`", ""]
+        out += [
+            f"- `{m.get('class')}`: {m.get('total_params', 0):,} parameters, "
+            f"{m.get('trainable_params', 0):,} trainable at the end, {m.get('size_mb', 0):.2f} MB (fp32)",
+            "- hyperparameters: `" + json.dumps(m.get("hparams", {}), default=str) + "`",
+            "",
+        ]
         if m.get("summary"):
             out += ["```", m["summary"], "```", ""]
     sel = r.get("model_selection")
     out += ["## Why this model", ""]
     if sel:
         return out + [sel.get("statement", ""), "", *sel.get("table_md", "").splitlines(), ""]
-    return out + ["No comparison recorded for this run. `python -m lit_vision compare` trains several "
-                  "candidates on the same split and budget and appends the ranked table here.", ""]
+    return out + [
+        "No comparison recorded for this run. `python -m lit_vision compare` trains several "
+        "candidates on the same split and budget and appends the ranked table here.",
+        "",
+    ]
 
 
 def _metrics(r: dict[str, Any]) -> list[str]:
     out = ["## Metrics", ""]
     ck = r.get("checkpoints", {})
     if ck.get("best") or ck.get("last"):
-        out += [f"- best checkpoint ({ck.get('monitor')} = {_fmt(ck.get('best_score'))}): `{ck.get('best') or '—'}`",
-                f"- last checkpoint: `{ck.get('last') or '—'}`", ""]
+        out += [
+            f"- best checkpoint ({ck.get('monitor')} = {_fmt(ck.get('best_score'))}): `{ck.get('best') or '—'}`",
+            f"- last checkpoint: `{ck.get('last') or '—'}`",
+            "",
+        ]
     final = r.get("final_metrics", {})
     if final:
         out += [*_table(["metric", "value"], [[k, v] for k, v in sorted(final.items())]), ""]
     hist = r.get("history", [])
     if hist:
-        keys = [k for k in ("train/loss_epoch", "train/acc", "val/loss", "val/acc", "val/f1") if any(k in h for h in hist)]
+        keys = [
+            k
+            for k in ("train/loss_epoch", "train/acc", "val/loss", "val/acc", "val/f1")
+            if any(k in h for h in hist)
+        ]
         lr_keys = sorted({k for h in hist for k in h if k.startswith("lr/")})[:2]
         out += ["Per epoch:", ""]
-        out += _table(["epoch", "phase", *keys, *[f"{k} (epoch start)" for k in lr_keys], "train s"],
-                      [[h["epoch"], h.get("phase", "—"), *[h.get(k) for k in keys],
-                        *[_fmt(h.get(k), 6) for k in lr_keys], _fmt(h.get("train_seconds"), 1)] for h in hist])
+        out += _table(
+            ["epoch", "phase", *keys, *[f"{k} (epoch start)" for k in lr_keys], "train s"],
+            [
+                [
+                    h["epoch"],
+                    h.get("phase", "—"),
+                    *[h.get(k) for k in keys],
+                    *[_fmt(h.get(k), 6) for k in lr_keys],
+                    _fmt(h.get("train_seconds"), 1),
+                ]
+                for h in hist
+            ],
+        )
         out += [""]
     return out
 
@@ -225,21 +310,39 @@ def _evaluation(r: dict[str, Any]) -> list[str]:
         ev = r.get("evaluation", {}).get(stage)
         if not ev:
             continue
-        out += [f"### Per class on {stage} ({ev['when']}, {ev['images']} images)", "",
-                f"accuracy {_fmt(ev['accuracy'])}, macro precision {_fmt(ev['macro_precision'])}, "
-                f"macro recall {_fmt(ev['macro_recall'])}, macro F1 {_fmt(ev['macro_f1'])}", ""]
-        out += _table(["class", "precision", "recall", "F1", "support"],
-                      [[c["class"], c["precision"], c["recall"], c["f1"], c["support"]] for c in ev["per_class"]])
+        out += [
+            f"### Per class on {stage} ({ev['when']}, {ev['images']} images)",
+            "",
+            f"accuracy {_fmt(ev['accuracy'])}, macro precision {_fmt(ev['macro_precision'])}, "
+            f"macro recall {_fmt(ev['macro_recall'])}, macro F1 {_fmt(ev['macro_f1'])}",
+            "",
+        ]
+        out += _table(
+            ["class", "precision", "recall", "F1", "support"],
+            [
+                [c["class"], c["precision"], c["recall"], c["f1"], c["support"]]
+                for c in ev["per_class"]
+            ],
+        )
         if ev.get("top_confusions"):
-            out += ["", "Most frequent confusions: " + "; ".join(
-                f"{c['true']} → {c['pred']} ×{c['count']}" for c in ev["top_confusions"])]
+            out += [
+                "",
+                "Most frequent confusions: "
+                + "; ".join(
+                    f"{c['true']} → {c['pred']} ×{c['count']}" for c in ev["top_confusions"]
+                ),
+            ]
         out += [""]
     if not r.get("evaluation"):
         out += ["No validation or test predictions were collected.", ""]
     logdir = Path(r.get("run", {}).get("log_dir", ".")).parent.parent
-    return [*out, f"TensorBoard (`tensorboard --logdir {logdir}`): "
-            "CUSTOM SCALARS (train vs val on shared axes), SCALARS (learning rate, phase), IMAGES "
-            "(confusion matrix, worst misclassified), HPARAMS (hyperparameters with final metrics).", ""]
+    return [
+        *out,
+        f"TensorBoard (`tensorboard --logdir {logdir}`): "
+        "CUSTOM SCALARS (train vs val on shared axes), SCALARS (learning rate, phase), IMAGES "
+        "(confusion matrix, worst misclassified), HPARAMS (hyperparameters with final metrics).",
+        "",
+    ]
 
 
 SECTIONS = (_header, _environment, _dataset, _timing, _model, _metrics, _evaluation)

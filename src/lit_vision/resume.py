@@ -29,7 +29,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     the new one is complete.
     """
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None) -> None:
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None
+    ) -> None:
         target = Path(path)
         if "://" in str(path):  # remote filesystems: Lightning's own (fsspec) writer
             return super().save_checkpoint(checkpoint, path, storage_options)
@@ -108,9 +110,18 @@ class FaultTolerance(Callback):
         np.random.seed(seed % 2**32)
         torch.manual_seed(seed)
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
-        if self.save_every_minutes <= 0 or time.monotonic() - self._last_save < 60 * self.save_every_minutes:
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        if (
+            self.save_every_minutes <= 0
+            or time.monotonic() - self._last_save < 60 * self.save_every_minutes
+        ):
             return
         save_last(trainer)
         self._last_save = time.monotonic()
@@ -120,11 +131,16 @@ class FaultTolerance(Callback):
         # the best epoch "last" would stay behind and a resume would redo epochs: save it here.
         # _last_global_step_saved: private, guarded by tests/test_lightning_private.py.
         ckpt = trainer.checkpoint_callback
-        if getattr(ckpt, "_last_global_step_saved", None) != trainer.global_step and not trainer.sanity_checking:
+        if (
+            getattr(ckpt, "_last_global_step_saved", None) != trainer.global_step
+            and not trainer.sanity_checking
+        ):
             save_last(trainer)
             self._last_save = time.monotonic()
 
-    def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
+    def on_before_backward(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor
+    ) -> None:
         if not bool(torch.isfinite(loss.detach()).all()):
             raise NonFiniteLossError(
                 f"training loss is {loss.detach().float().sum().item()} at epoch {trainer.current_epoch}, "
@@ -133,9 +149,14 @@ class FaultTolerance(Callback):
                 "lower the learning rate or check the data"
             )
 
-    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        bad = [k for k, v in checkpoint.get("state_dict", {}).items()
-               if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        bad = [
+            k
+            for k, v in checkpoint.get("state_dict", {}).items()
+            if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())
+        ]
         checkpoint["lit_vision_rng"] = _rng_states()
         if bad:
             raise NonFiniteLossError(
@@ -144,15 +165,21 @@ class FaultTolerance(Callback):
                 f"({_last_path(trainer) or 'none yet'})"
             )
 
-    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress", {})
+    def on_load_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        progress = (
+            checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress", {})
+        )
         self._resume = {
             "epoch": checkpoint.get("epoch"),
             "batches": progress.get("current", {}).get("processed", 0),  # optimizer steps done
             "rng": checkpoint.get("lit_vision_rng"),
         }
 
-    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
         if not isinstance(exception, SIGTERMException):
             return
         path = save_last(trainer)
@@ -170,7 +197,9 @@ def save_last(trainer: L.Trainer) -> Path | None:
     dirpath = getattr(ckpt, "dirpath", None)
     if dirpath is None or not getattr(ckpt, "save_last", False):
         return None
-    path = Path(ckpt.last_model_path or Path(dirpath) / f"{ckpt.CHECKPOINT_NAME_LAST}{ckpt.FILE_EXTENSION}")
+    path = Path(
+        ckpt.last_model_path or Path(dirpath) / f"{ckpt.CHECKPOINT_NAME_LAST}{ckpt.FILE_EXTENSION}"
+    )
     ckpt.last_model_path = str(path)
     trainer.save_checkpoint(path, weights_only=False)  # full state, for resume
     return path
@@ -181,7 +210,13 @@ def _rng_states() -> dict[str, Any]:
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     return {
         "torch": torch.get_rng_state(),
-        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)),
+        "numpy": (
+            kind,
+            torch.from_numpy(keys.astype(np.int64)),
+            int(pos),
+            int(has_gauss),
+            float(gauss),
+        ),
         "python": random.getstate(),
     }
 
@@ -195,7 +230,10 @@ def _set_rng_states(states: dict[str, Any]) -> None:
 
 def epoch_seed(base: int, epoch: int, rank: int = 0) -> int:
     """A seed for one epoch (and process rank) of a run, well spread and below 2**63."""
-    return int(np.random.SeedSequence([base, epoch, rank]).generate_state(2, np.uint32).view(np.uint64)[0] >> 1)
+    return int(
+        np.random.SeedSequence([base, epoch, rank]).generate_state(2, np.uint32).view(np.uint64)[0]
+        >> 1
+    )
 
 
 def _last_path(trainer: L.Trainer) -> str | None:

@@ -30,8 +30,19 @@ except ImportError:  # psutil is a dependency, but the report must never fail a 
     psutil = None
 
 PACKAGES = (
-    "torch", "torchvision", "lightning", "torchmetrics", "albumentations", "numpy", "timm",
-    "scikit-learn", "tensorboard", "matplotlib", "pillow", "jsonargparse", "lit_vision",
+    "torch",
+    "torchvision",
+    "lightning",
+    "torchmetrics",
+    "albumentations",
+    "numpy",
+    "timm",
+    "scikit-learn",
+    "tensorboard",
+    "matplotlib",
+    "pillow",
+    "jsonargparse",
+    "lit_vision",
 )
 
 
@@ -64,7 +75,9 @@ def lock_info(path: Path = LOCK_FILE) -> dict[str, Any] | None:
         name, sep, version = line.split("#")[0].strip().partition("==")
         if sep:
             pins[name.strip()] = version.strip()
-    differ = sorted(f"{n} {v} (locked) vs {_version(n)}" for n, v in pins.items() if _version(n) != v)
+    differ = sorted(
+        f"{n} {v} (locked) vs {_version(n)}" for n, v in pins.items() if _version(n) != v
+    )
     return {
         "file": path.name,
         "sha256": hashlib.sha256(text).hexdigest(),
@@ -97,7 +110,9 @@ def environment_info() -> dict[str, Any]:
         "cuda_available": cuda,
         "cuda_version": torch.version.cuda,
         "cudnn_version": torch.backends.cudnn.version() if cuda else None,
-        "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else [],
+        "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        if cuda
+        else [],
         "cpu": cpu_model(),
         "cpu_cores_logical": os.cpu_count(),
         "cpu_cores_physical": physical,
@@ -206,11 +221,17 @@ def version_name(version: int | str | None) -> str:
 def run_info(trainer: L.Trainer, logger: Logger | None, log_dir: str | Path) -> dict[str, Any]:
     """The run's layout: log folder, command, precision, devices, strategy, seed, epochs."""
     return {
-        "log_dir": str(log_dir), "command": " ".join(sys.argv),
-        "name": getattr(logger, "name", None), "version": version_name(getattr(logger, "version", None)),
-        "precision": str(trainer.precision), "accelerator": type(trainer.accelerator).__name__,
-        "devices": trainer.num_devices, "strategy": type(trainer.strategy).__name__,
-        "seed": global_seed(), "max_epochs": trainer.max_epochs, "epochs_run": trainer.current_epoch,
+        "log_dir": str(log_dir),
+        "command": " ".join(sys.argv),
+        "name": getattr(logger, "name", None),
+        "version": version_name(getattr(logger, "version", None)),
+        "precision": str(trainer.precision),
+        "accelerator": type(trainer.accelerator).__name__,
+        "devices": trainer.num_devices,
+        "strategy": type(trainer.strategy).__name__,
+        "seed": global_seed(),
+        "max_epochs": trainer.max_epochs,
+        "epochs_run": trainer.current_epoch,
     }
 
 
@@ -218,7 +239,8 @@ def model_info(pl_module: L.LightningModule) -> dict[str, Any]:
     """Class, parameter counts, fp32 size, hyperparameters and layer summary of the module."""
     return {
         "class": f"{type(pl_module).__module__}.{type(pl_module).__qualname__}",
-        "total_params": count_params(pl_module), "trainable_params": count_params(pl_module, trainable=True),
+        "total_params": count_params(pl_module),
+        "trainable_params": count_params(pl_module, trainable=True),
         "size_mb": sum(p.numel() * p.element_size() for p in pl_module.parameters()) / 1024**2,
         "hparams": {k: v for k, v in dict(pl_module.hparams).items() if k != "class_names"},
         "summary": str(ModelSummary(pl_module, max_depth=1)),
@@ -232,8 +254,12 @@ def checkpoint_info(ck: ModelCheckpoint, known: dict[str, Any]) -> dict[str, Any
     written (no last.ckpt yet), so paths already in ``known`` are kept, not blanked.
     """
     score = float(ck.best_model_score) if ck.best_model_score is not None else None
-    current = {"monitor": ck.monitor, "best": ck.best_model_path or None, "best_score": score,
-               "last": ck.last_model_path or None}
+    current = {
+        "monitor": ck.monitor,
+        "best": ck.best_model_path or None,
+        "best_score": score,
+        "last": ck.last_model_path or None,
+    }
     return {k: v if v is not None else known.get(k) for k, v in current.items()}
 
 

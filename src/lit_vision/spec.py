@@ -70,10 +70,17 @@ class InferenceSpec:
             "mean": [float(v) for v in self.mean],
             "std": [float(v) for v in self.std],
             "eval_transform": A.to_dict(self.transform),
-            "input": {"dtype": "uint8", "range": [0, 255], "layout": "NCHW", "channels": "RGB",
-                      "resize": RESIZE},
-            "train_flips": {"hflip": bool(self.train_flips.get("hflip", False)),
-                            "vflip": bool(self.train_flips.get("vflip", False))},
+            "input": {
+                "dtype": "uint8",
+                "range": [0, 255],
+                "layout": "NCHW",
+                "channels": "RGB",
+                "resize": RESIZE,
+            },
+            "train_flips": {
+                "hflip": bool(self.train_flips.get("hflip", False)),
+                "vflip": bool(self.train_flips.get("vflip", False)),
+            },
         }
 
     @classmethod
@@ -96,7 +103,9 @@ class InferenceSpec:
             The spec; ``image_size`` is ``None`` when nothing records one.
         """
         size = image_size or meta.get("image_size") or model.default_image_size
-        transform = A.from_dict(meta["eval_transform"]) if meta.get("eval_transform") else eval_transforms()
+        transform = (
+            A.from_dict(meta["eval_transform"]) if meta.get("eval_transform") else eval_transforms()
+        )
         return cls(
             class_names=list(meta.get("class_names") or model.class_names),
             image_size=int(size) if size else None,
@@ -130,8 +139,10 @@ def inference_spec(model: SpecModel, datamodule: Any = None) -> InferenceSpec:
         std=[float(v) for v in model.std.flatten()],
         transform=transform if transform is not None else eval_transforms(),
         model_class=f"{type(model).__module__}.{type(model).__qualname__}",
-        train_flips={"hflip": bool(hparams.get("hflip", False)),
-                     "vflip": bool(hparams.get("vflip", False))},
+        train_flips={
+            "hflip": bool(hparams.get("hflip", False)),
+            "vflip": bool(hparams.get("vflip", False)),
+        },
     )
 
 

@@ -28,7 +28,10 @@ def hub_offline() -> bool:
     There is no network probe: the download itself goes through ``huggingface_hub``, which
     honours ``HTTPS_PROXY`` and the other proxy settings, and its failure is caught.
     """
-    if any(os.environ.get(name, "").strip().lower() in _TRUE for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")):
+    if any(
+        os.environ.get(name, "").strip().lower() in _TRUE
+        for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    ):
         return True
     try:
         from huggingface_hub import constants
@@ -99,7 +102,15 @@ def package_state_dict() -> dict[str, torch.Tensor]:
 
 
 _WRAPPER_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema", "module")
-_PREFIXES = ("module.", "model.", "_orig_mod.", "net.features.", "features.", "backbone.", "encoder.")
+_PREFIXES = (
+    "module.",
+    "model.",
+    "_orig_mod.",
+    "net.features.",
+    "features.",
+    "backbone.",
+    "encoder.",
+)
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -127,7 +138,11 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         if inner is None:
             break
         obj = inner
-    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)} if isinstance(obj, Mapping) else {}
+    tensors = (
+        {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+        if isinstance(obj, Mapping)
+        else {}
+    )
     if not tensors:
         raise WeightsError(f"no tensors in weights file {path}")
     return tensors
@@ -138,7 +153,7 @@ def _strip_prefixes(state: Mapping[str, torch.Tensor], wanted: set[str]) -> dict
     # drop the ones that turn the names into the backbone's own.
     out = dict(state)
     for prefix in _PREFIXES:
-        stripped = {k[len(prefix):]: v for k, v in out.items() if k.startswith(prefix)}
+        stripped = {k[len(prefix) :]: v for k, v in out.items() if k.startswith(prefix)}
         if stripped and len(wanted & stripped.keys()) > len(wanted & out.keys()):
             out = stripped
     return out
@@ -159,7 +174,9 @@ def load_into(model: nn.Module, state: Mapping[str, torch.Tensor], arch: str, so
         state = map_by_order(state, arch)
     missing = [k for k in own if k not in state]
     if missing:
-        raise WeightsError(f"{source} lacks {len(missing)} of {arch}'s tensors (first: {missing[0]})")
+        raise WeightsError(
+            f"{source} lacks {len(missing)} of {arch}'s tensors (first: {missing[0]})"
+        )
     bad = [k for k in own if state[k].shape != own[k].shape]
     if bad:
         raise WeightsError(
@@ -188,13 +205,17 @@ def create_timm_model(
     import timm
 
     if weights is not None and weights != PACKAGE_WEIGHTS:
-        raise WeightsError(f"unknown weights '{weights}' (known: {PACKAGE_WEIGHTS}; use weights_path for a file)")
+        raise WeightsError(
+            f"unknown weights '{weights}' (known: {PACKAGE_WEIGHTS}; use weights_path for a file)"
+        )
     if weights_path is not None or weights is not None:
         if weights_path is not None:
             state, source = read_state_dict(weights_path), f"weights file {weights_path}"
         else:
             if arch != PACKAGE_ARCH:
-                raise WeightsError(f"weights '{PACKAGE_WEIGHTS}' are for {PACKAGE_ARCH}, not {arch}")
+                raise WeightsError(
+                    f"weights '{PACKAGE_WEIGHTS}' are for {PACKAGE_ARCH}, not {arch}"
+                )
             state, source = package_state_dict(), PACKAGE_WEIGHTS
         model = timm.create_model(arch, pretrained=False, **kwargs)
         load_into(model, state, arch, source)

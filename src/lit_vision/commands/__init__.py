@@ -9,12 +9,30 @@ from __future__ import annotations
 
 # name -> (module, one-line summary for `lit-vision --help`)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "split": ("lit_vision.commands.split", "raw class folders -> ROOT/train, ROOT/val, ROOT/test (verified)"),
-    "check": ("lit_vision.commands.check", "scan ROOT for unreadable images, stray files, class mismatches, leaks"),
-    "predict": ("lit_vision.commands.predict", "checkpoint + folders/files -> CSV of top-k predictions"),
-    "export": ("lit_vision.commands.export", "checkpoint -> ONNX + TorchScript + safetensors + JSON contract"),
-    "lr_find": ("lit_vision.commands.lr_find", "learning-rate range test for a config: plot + suggestion"),
-    "compare": ("lit_vision.commands.compare", "train several configs/variants on one split and budget, rank them"),
+    "split": (
+        "lit_vision.commands.split",
+        "raw class folders -> ROOT/train, ROOT/val, ROOT/test (verified)",
+    ),
+    "check": (
+        "lit_vision.commands.check",
+        "scan ROOT for unreadable images, stray files, class mismatches, leaks",
+    ),
+    "predict": (
+        "lit_vision.commands.predict",
+        "checkpoint + folders/files -> CSV of top-k predictions",
+    ),
+    "export": (
+        "lit_vision.commands.export",
+        "checkpoint -> ONNX + TorchScript + safetensors + JSON contract",
+    ),
+    "lr_find": (
+        "lit_vision.commands.lr_find",
+        "learning-rate range test for a config: plot + suggestion",
+    ),
+    "compare": (
+        "lit_vision.commands.compare",
+        "train several configs/variants on one split and budget, rank them",
+    ),
 }
 
 

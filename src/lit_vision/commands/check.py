@@ -10,7 +10,9 @@ from lit_vision.commands.parsing import command_parser, parse
 from lit_vision.errors import DataError
 
 
-def check(root: str, decode: Literal["full", "verify", "none"] = "full", size: int = 64, limit: int = 10) -> int:
+def check(
+    root: str, decode: Literal["full", "verify", "none"] = "full", size: int = 64, limit: int = 10
+) -> int:
     """Scan a split folder and print the findings.
 
     Args:
@@ -33,9 +35,14 @@ def check(root: str, decode: Literal["full", "verify", "none"] = "full", size: i
 
 def main(args: list[str]) -> int:
     """Parse ``--data.root`` and the scan options, then :func:`check`."""
-    parser = command_parser("check", "Scan a split folder for unreadable images, stray files, "
-                            "class mismatches and leaks between splits.")
-    parser.add_argument("--data.root", required=True, help="The split folder (train/ val/ [test/]).")
+    parser = command_parser(
+        "check",
+        "Scan a split folder for unreadable images, stray files, "
+        "class mismatches and leaks between splits.",
+    )
+    parser.add_argument(
+        "--data.root", required=True, help="The split folder (train/ val/ [test/])."
+    )
     parser.add_function_arguments(check, skip={"root"})
     cfg = parse(parser, args)
     return check(cfg.pop("data")["root"], **cfg)

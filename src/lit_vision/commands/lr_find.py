@@ -47,14 +47,22 @@ def main(args: list[str]) -> int:
     if opts.help:
         print(HELP)
         return 0
-    result = run_lr_find(rest, min_lr=opts.min_lr, max_lr=opts.max_lr, num_training=opts.num_training,
-                         mode=opts.mode, early_stop_threshold=opts.early_stop_threshold or None,
-                         out=opts.out)
+    result = run_lr_find(
+        rest,
+        min_lr=opts.min_lr,
+        max_lr=opts.max_lr,
+        num_training=opts.num_training,
+        mode=opts.mode,
+        early_stop_threshold=opts.early_stop_threshold or None,
+        out=opts.out,
+    )
     if result["suggestion"] is None:
         print(f"lr_find: no suggestion (too few points: {len(result['lr'])}); see {result['plot']}")
         return 1
-    print(f"lr_find: suggested learning rate {result['suggestion']:.3g} "
-          f"(plot {result['plot']}, data {result['json']})")
+    print(
+        f"lr_find: suggested learning rate {result['suggestion']:.3g} "
+        f"(plot {result['plot']}, data {result['json']})"
+    )
     return 0
 
 
@@ -75,18 +83,25 @@ def run_lr_find(
     """
     from lightning.pytorch.tuner import Tuner
 
-
     cli = build_cli(cli_args, save_config_callback=None, run=False)
     trainer = cli.trainer
     name = getattr(trainer.logger, "name", None) or "lit_vision"
     # The range test is not a training run: no log folder, checkpoints or report.
     trainer.loggers = []
-    trainer.callbacks = [c for c in trainer.callbacks if type(c).__name__ in ("TQDMProgressBar", "RichProgressBar")]
+    trainer.callbacks = [
+        c for c in trainer.callbacks if type(c).__name__ in ("TQDMProgressBar", "RichProgressBar")
+    ]
     # max_steps bounds the test; enough epochs that a small training set does not cut it short.
     trainer.fit_loop.max_epochs = max(trainer.max_epochs or 1, 10_000)
     finder = Tuner(trainer).lr_find(
-        cli.model, datamodule=cli.datamodule, min_lr=min_lr, max_lr=max_lr, num_training=num_training,
-        mode=mode, early_stop_threshold=early_stop_threshold, update_attr=False,
+        cli.model,
+        datamodule=cli.datamodule,
+        min_lr=min_lr,
+        max_lr=max_lr,
+        num_training=num_training,
+        mode=mode,
+        early_stop_threshold=early_stop_threshold,
+        update_attr=False,
     )
     try:
         suggestion = finder.suggestion()
@@ -97,7 +112,9 @@ def run_lr_find(
     plot_path = out / f"{name}_lr_find.png"
     json_path = out / f"{name}_lr_find.json"
     fig = finder.plot(suggest=suggestion is not None)
-    fig.axes[0].set_title(f"{name}: lr range test" + (f", suggestion {suggestion:.3g}" if suggestion else ""))
+    fig.axes[0].set_title(
+        f"{name}: lr range test" + (f", suggestion {suggestion:.3g}" if suggestion else "")
+    )
     fig.savefig(plot_path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     result = {

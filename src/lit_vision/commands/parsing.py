@@ -15,7 +15,9 @@ def command_parser(prog: str, description: str) -> ArgumentParser:
     return parser
 
 
-def function_parser(prog: str, func: Callable[..., Any], skip: set[str] | None = None) -> ArgumentParser:
+def function_parser(
+    prog: str, func: Callable[..., Any], skip: set[str] | None = None
+) -> ArgumentParser:
     """A parser whose options are ``func``'s parameters (types, defaults and help from its docstring)."""
     doc = (func.__doc__ or "").strip().splitlines()
     parser = command_parser(prog, doc[0] if doc else prog)

@@ -42,8 +42,18 @@ def predict(
         trust_class: Import paths of your own model classes the checkpoint may name (you
             vouch for that code); by default only lit_vision's classes are rebuilt.
     """
-    run_predict(ckpt, input, output, topk=topk, tta=tta, batch_size=batch_size, device=device,
-                image_size=image_size, overwrite=overwrite, trust_class=trust_class or ())
+    run_predict(
+        ckpt,
+        input,
+        output,
+        topk=topk,
+        tta=tta,
+        batch_size=batch_size,
+        device=device,
+        image_size=image_size,
+        overwrite=overwrite,
+        trust_class=trust_class or (),
+    )
     return 0
 
 
