@@ -62,7 +62,7 @@ def run_command(args: list[str] | None = None) -> object:
             None if args is None else argv,  # None: LightningCLI reads sys.argv itself
             save_config_kwargs={"overwrite": True},
             # Parse errors raise instead of printing the whole usage, so the shell gets one line.
-            parser_kwargs={"exit_on_error": False},
+            parser_kwargs={"exit_on_error": False, "prog": "lit-vision"},
         )
     except ArgumentError as err:  # a parse error (exit_on_error=False): one line naming the key
         raise ConfigError(config_error_line(str(err))) from None
