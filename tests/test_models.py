@@ -9,7 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lit_vision.models import CNNClassifier, ImageClassifier, TransferClassifier
+from lit_vision.models import CNNClassifier, ImageClassifier
+from lit_vision.transfer import TransferClassifier
 from lit_vision.networks import GlobalPool
 from lit_vision.optim import optimizer_lr
 

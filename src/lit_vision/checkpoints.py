@@ -64,6 +64,8 @@ def _lit_vision_classes() -> dict[str, type]:
         if isinstance(obj, type) and obj.__module__.startswith("lit_vision"):
             found[f"lit_vision.{obj.__name__}"] = obj
             found[f"{obj.__module__}.{obj.__qualname__}"] = obj
+    # Where classes lived before they moved: older checkpoints name these paths.
+    found["lit_vision.models.TransferClassifier"] = found["lit_vision.TransferClassifier"]
     return found
 
 

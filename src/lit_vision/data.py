@@ -30,6 +30,7 @@ from lit_vision.cache import cached_decode, decode_all
 from lit_vision.check import ScanReport
 from lit_vision.datasets import BatchedImages, ImageDataset, collate_batch
 from lit_vision.errors import DataError
+from lit_vision.features import FeatureBatches, FeatureSet
 from lit_vision.folders import (
     FolderScreen,
     discover_classes,
@@ -350,12 +351,16 @@ class ImageFolderDataModule(L.LightningDataModule):
         """The DataLoader of ``split``: whole batches at a time, shuffled by the resumable sampler."""
         dataset = self.datasets[split]
         workers = self._workers(dataset)
+        features = self._cached_features(split)
+        batches: Dataset = BatchedImages(dataset)
+        if features is not None:  # the model serves cached backbone features: no image work
+            batches, workers = FeatureBatches(features), 0
         if shuffle:  # the seeded, resumable order
             order: dict[str, Any] = self.train_order.loader_kwargs(len(dataset))
         else:
             order = {"shuffle": False, "sampler": self._eval_sampler(dataset)}
         return DataLoader(
-            BatchedImages(dataset),
+            batches,
             batch_size=self.batch_size,
             **order,
             num_workers=workers,
@@ -364,6 +369,20 @@ class ImageFolderDataModule(L.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
             drop_last=shuffle and len(dataset) > self.batch_size,
             prefetch_factor=4 if workers > 0 else None,
+        )
+
+    def _cached_features(self, split: str) -> FeatureSet | None:
+        """Features the model caches for ``split``, to serve instead of images, or ``None``.
+
+        A model offers them with a ``cached_features(split, dataset, augment)`` method, as
+        TransferClassifier does while its backbone is frozen.
+        """
+        model = self.trainer.lightning_module if self.trainer is not None else None
+        provide = getattr(model, "cached_features", None)
+        if provide is None or split not in self.datasets:
+            return None
+        return provide(
+            split, self.datasets[split], self.batch_augment if split == "train" else None
         )
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
@@ -376,6 +395,8 @@ class ImageFolderDataModule(L.LightningDataModule):
         trainer = self.trainer
         if self.batch_augment is not None and trainer is not None and trainer.training:
             images, targets = batch
+            if images.ndim != 4:  # cached features: augmented when they were computed
+                return batch
             return self.batch_augment(images), targets
         return batch
 

