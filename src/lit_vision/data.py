@@ -33,6 +33,7 @@ from lit_vision.errors import DataError
 from lit_vision.features import FeatureBatches, FeatureSet
 from lit_vision.folders import (
     FolderScreen,
+    auto_image_size,
     discover_classes,
     list_samples,
     list_unlabelled,
@@ -108,7 +109,7 @@ class ImageFolderDataModule(L.LightningDataModule):
     def __init__(
         self,
         root: str | Path,
-        image_size: int | None = None,
+        image_size: int | Literal["auto"] | None = None,
         batch_size: int = 64,
         num_workers: int | None = None,
         cache: bool | Literal["auto"] = "auto",
@@ -147,8 +148,8 @@ class ImageFolderDataModule(L.LightningDataModule):
         self.batch_augment: BatchAugment | None = (
             self.augment_settings.batch_augment() if augment == "batch" else None
         )
-        # data.image_size, or the model's preferred size once setup resolves it.
-        self.resolved_image_size: int | None = image_size
+        # data.image_size, or the model's preferred size (auto: sized to the data) once resolved.
+        self.resolved_image_size: int | None = image_size if isinstance(image_size, int) else None
         self.datasets: dict[str, ImageDataset] = {}
         # The scans' findings, the files left out and their SHA-256 (the cache's key).
         self.screen = FolderScreen(
@@ -167,7 +168,7 @@ class ImageFolderDataModule(L.LightningDataModule):
                 "'sample' to use it ('batch' runs the built-in settings on the device)"
             )
         pipeline = load_pipeline(spec, _ALBUMENTATIONS_KEY)
-        if self.hparams.image_size is not None:
+        if isinstance(self.hparams.image_size, int):
             check_pipeline(pipeline, self.hparams.image_size, _ALBUMENTATIONS_KEY)
         return pipeline
 
@@ -213,10 +214,20 @@ class ImageFolderDataModule(L.LightningDataModule):
         return Path(cache_dir).expanduser() if cache_dir else self.root / ".lit_vision_cache"
 
     def _resolve_image_size(self) -> int:
-        """The input side, taking the attached model's preferred size (or 64) when not set."""
+        """The input side: ``image_size``, else the attached model's preferred size (or 64).
+
+        ``auto`` sizes it to the data too: twice the median short side of the training
+        images, rounded up to a multiple of 32, at least 64 and at most the model's preferred
+        size, so 32 px signs run at 64 px instead of being blown up to a backbone's 224.
+        """
         if self.resolved_image_size is None:
             model = self.trainer.lightning_module if self.trainer is not None else None
-            self.resolved_image_size = int(getattr(model, "default_image_size", None) or 64)
+            preferred = int(getattr(model, "default_image_size", None) or 64)
+            if self.hparams.image_size == "auto":
+                files = [p for p, _ in list_samples(self.root / "train", self.classes)]
+                preferred = auto_image_size(files, preferred)
+                rank_zero_info(f"lit_vision data: image_size auto -> {preferred}px")
+            self.resolved_image_size = preferred
         return self.resolved_image_size
 
     def _use_cache(self, n_images: int) -> bool:

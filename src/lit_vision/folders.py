@@ -12,6 +12,7 @@ from typing import Literal
 
 import numpy as np
 from lightning.pytorch.utilities import rank_zero_warn
+from PIL import Image
 
 from lit_vision.cache import Sample
 from lit_vision.check import DecodeMode, ScanReport, format_skipped, scan_dataset
@@ -282,3 +283,27 @@ class FolderScreen:
             + report.summary().replace("\n", "\n  ")
         )
         return new
+
+
+def auto_image_size(files: Sequence[str], largest: int, sample: int = 200) -> int:
+    """An input side for these images: twice their median short side, in [64, ``largest``].
+
+    Rounded up to a multiple of 32. Reads the headers of up to ``sample`` evenly spaced files.
+
+    Args:
+        files: Image files (the training split).
+        largest: The model's preferred size, never exceeded.
+        sample: Files whose headers are read.
+    """
+    step = max(1, len(files) // sample)
+    sides = []
+    for path in files[::step][:sample]:
+        try:
+            with Image.open(path) as img:
+                sides.append(min(img.size))
+        except (OSError, ValueError):
+            continue
+    if not sides:
+        return largest
+    want = 2 * sorted(sides)[len(sides) // 2]
+    return int(min(largest, max(64, -(-want // 32) * 32)))

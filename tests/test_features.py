@@ -1,0 +1,129 @@
+"""Frozen-feature cache: the head trained on cached features equals the head trained through the
+live frozen backbone on the same views; the DataModule serves features only while the backbone is
+frozen; the automatic schedule switches, stops and resumes as it says."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from conftest import REPO, make_split_tree
+
+from lit_vision.__main__ import run_command
+from lit_vision.augment import AugmentSettings
+from lit_vision.features import FeatureBatches, FeatureSet, augmented_view, compute_features
+from lit_vision.networks import GlobalPool, classifier_head
+
+CONFIG = str(REPO / "configs" / "transfer.yaml")
+
+
+def _tiny_backbone() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return timm.create_model("test_efficientnet", pretrained=False, num_classes=0, global_pool="").eval()
+
+
+def test_head_on_cached_features_equals_head_through_live_backbone() -> None:
+    backbone, pool = _tiny_backbone(), GlobalPool("avg")
+    images = torch.randint(0, 256, (24, 3, 32, 32), dtype=torch.uint8)
+    targets = torch.randint(0, 3, (24,))
+    augment = AugmentSettings(hflip=True, rotate=15, color_jitter=0.3).batch_augment()
+
+    def embed(x: torch.Tensor) -> torch.Tensor:
+        return pool(backbone(x.float() / 255))
+
+    views, batch = 3, 8
+    cached = compute_features(embed, lambda idx: images[list(idx)], list(range(24)), views=views,
+                              seed=5, augment=augment, batch_size=batch, device=torch.device("cpu"))
+    assert cached.shape[:2] == (views, 24)
+    torch.manual_seed(1)
+    head = classifier_head(cached.shape[-1], 3, hidden=16, dropout=0.0)
+    live_head, cache_head = copy.deepcopy(head), copy.deepcopy(head)
+    opt_live = torch.optim.SGD(live_head.parameters(), lr=0.5)
+    opt_cache = torch.optim.SGD(cache_head.parameters(), lr=0.5)
+    live_losses, cache_losses = [], []
+    for epoch in range(4):  # each epoch one view of every batch, as the training loader draws them
+        view = epoch % views
+        for start in range(0, 24, batch):
+            idx = list(range(start, start + batch))
+            with torch.no_grad():  # the frozen backbone, run live on the same draw
+                live_x = embed(augmented_view(images[idx], view, 5, idx[0], augment))
+            for h, opt, x, out in ((live_head, opt_live, live_x, live_losses),
+                                   (cache_head, opt_cache, cached[view, idx], cache_losses)):
+                loss = torch.nn.functional.cross_entropy(h(x), targets[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                out.append(loss.item())
+    assert live_losses == pytest.approx(cache_losses, abs=1e-5)
+    assert len(set(round(v, 4) for v in cache_losses)) > 3  # a real curve, not a constant
+    # The views differ from each other (the augmentation is on) and repeat exactly per seed.
+    assert not torch.allclose(cached[0], cached[1])
+    again = augmented_view(images[:8], 1, 5, 0, augment)
+    assert torch.equal(again, augmented_view(images[:8], 1, 5, 0, augment))
+
+
+def test_feature_batches_draw_one_view_per_sample_and_epoch() -> None:
+    feats = torch.arange(3 * 4 * 2, dtype=torch.float32).view(3, 4, 2)
+    ds = FeatureBatches(FeatureSet(feats, torch.tensor([0, 1, 0, 1])))
+    x, y = ds.__getitems__([(0, 4), (3, 2), 1])  # (index, seed): view = seed % 3; plain index: view 0
+    assert torch.equal(x, torch.stack([feats[1, 0], feats[2, 3], feats[0, 1]]))
+    assert y.tolist() == [0, 1, 1]
+
+
+def _fit(tmp_path: Path, *extra: str) -> object:
+    root = make_split_tree(tmp_path / "data", classes=3, train=16, val=6, test=0, size=24)
+    return run_command([
+        "fit", "--config", CONFIG, "--data.root", str(root), "--data.image_size", "32",
+        "--data.num_workers", "0", "--data.batch_size", "8", "--trainer.enable_progress_bar", "false",
+        "--trainer.logger.init_args.save_dir", str(tmp_path / "tb"), "--model.init_args.pretrained", "false",
+        "--model.init_args.backbone", "test_efficientnet", *extra,
+    ])
+
+
+def test_datamodule_serves_features_while_frozen_then_images(tmp_path: Path) -> None:
+    served = []
+
+    class Spy(torch.nn.Module):
+        pass
+
+    cli = _fit(tmp_path, "--model.init_args.freeze_epochs", "2", "--trainer.max_epochs", "3",
+               "--model.init_args.unfreeze_blocks", "1")
+    model, dm = cli.model, cli.datamodule
+    # After the run the backbone is unfrozen: the cache is dropped and images are served.
+    assert model.phase == 1 and not model._features
+    served.append(type(dm.train_dataloader().dataset).__name__)
+    assert served == ["BatchedImages"]
+    assert (tmp_path / "tb").exists()
+
+
+def test_features_are_served_in_the_head_phase(tmp_path: Path) -> None:
+    cli = _fit(tmp_path, "--model.init_args.freeze_epochs", "auto", "--model.init_args.unfreeze_blocks", "0",
+               "--model.init_args.head_patience", "1", "--model.init_args.max_head_epochs", "3",
+               "--trainer.max_epochs", "10")
+    model, trainer = cli.model, cli.trainer
+    # Head only: the run ends when the head plateaus (at most max_head_epochs), on features.
+    assert trainer.current_epoch <= 3 and model.phase == 0
+    loader = cli.datamodule.train_dataloader()
+    assert isinstance(loader.dataset, FeatureBatches) and loader.dataset.features.views == 3
+    assert model.schedule_state["switch_epoch"] is None and model.schedule_state["best"] is not None
+
+
+def test_auto_schedule_switches_and_resume_keeps_the_decision(tmp_path: Path) -> None:
+    cli = _fit(tmp_path, "--model.init_args.freeze_epochs", "auto", "--model.init_args.unfreeze_blocks", "1",
+               "--model.init_args.head_patience", "1", "--model.init_args.max_head_epochs", "2",
+               "--model.init_args.finetune_patience", "1", "--trainer.max_epochs", "6")
+    state = cli.model.schedule_state
+    assert state["switch_epoch"] == 2  # max_head_epochs reached (or the plateau) -> unfreeze at epoch 2
+    assert cli.model.phase == 1
+    last = next((tmp_path / "tb").rglob("last.ckpt"))
+    saved = torch.load(last, map_location="cpu", weights_only=True)["lit_vision_schedule"]
+    assert saved["switch_epoch"] == 2
+    # A model restored from the checkpoint continues the same schedule.
+    from lit_vision.transfer import TransferClassifier
+
+    fresh = TransferClassifier(3, backbone="test_efficientnet", pretrained=False, freeze_epochs="auto")
+    fresh.on_load_checkpoint({"lit_vision_schedule": saved})
+    assert fresh.phase_for(1) == 0 and fresh.phase_for(2) == 1
