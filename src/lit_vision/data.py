@@ -26,6 +26,7 @@ from lit_vision.augment import (
     eval_transforms,
     load_pipeline,
 )
+from lit_vision.balance import Balance, balanced, per_class
 from lit_vision.cache import cached_decode, decode_all
 from lit_vision.check import ScanReport
 from lit_vision.datasets import BatchedImages, ImageDataset, collate_batch
@@ -104,6 +105,8 @@ class ImageFolderDataModule(L.LightningDataModule):
             ``A.to_dict`` returns (``{transform: {__class_fullname__: Compose, transforms:
             [...]}}``, or the inner ``transform`` alone), or the path of a file ``A.save``
             wrote. It must keep images uint8 at ``image_size``. Checked when the module is built.
+        balance: Draw the training classes equally often (``on``; ``auto``: over 3:1), each epoch
+            resampled, resumable; not with the model's ``class_weights`` (:mod:`~lit_vision.balance`).
     """
 
     def __init__(
@@ -129,6 +132,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         on_bad: Literal["error", "skip"] = "error",
         max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
         albumentations: dict[str, Any] | str | None = None,
+        balance: Balance = "off",
     ) -> None:
         super().__init__()
         # Plain strings in the checkpoint's hyperparameters: a Path is a pickled object, which
@@ -200,6 +204,12 @@ class ImageFolderDataModule(L.LightningDataModule):
     def skipped(self) -> list[str]:
         """Image files left out by ``on_bad: skip``."""
         return self.screen.skipped
+
+    @property
+    def class_counts(self) -> list[int]:
+        """Training images per class, in label order (less the files ``on_bad`` left out)."""
+        train = self.datasets.get("train")
+        return per_class(train.samples if train else self.screen.samples("train"), self.num_classes)
 
     @property
     def num_classes(self) -> int:
@@ -366,8 +376,8 @@ class ImageFolderDataModule(L.LightningDataModule):
         batches: Dataset = BatchedImages(dataset)
         if features is not None:  # the model serves cached backbone features: no image work
             batches, workers = FeatureBatches(features), 0
-        if shuffle:  # the seeded, resumable order
-            order: dict[str, Any] = self.train_order.loader_kwargs(len(dataset))
+        if shuffle:  # the seeded, resumable order (class-balanced with `balance`)
+            order: dict[str, Any] = self.train_order.loader_kwargs(len(dataset), balanced(self))
         else:
             order = {"shuffle": False, "sampler": self._eval_sampler(dataset)}
         return DataLoader(

@@ -1,4 +1,4 @@
-"""Evaluation data for the run report: a synced confusion matrix and the worst mistakes, as figures."""
+"""Evaluation data for the run report: a synced confusion matrix, the worst mistakes, weak classes."""
 
 from __future__ import annotations
 
@@ -12,6 +12,9 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from lit_vision import figures
+
+# A class is weak when its recall is more than this below the balanced accuracy.
+WEAK_MARGIN = 0.10
 
 
 class WorstMistakes:
@@ -198,3 +201,38 @@ def log_figures(
         for logger in loggers:
             logger.experiment.add_figure(tag, fig, global_step=step, close=False)
         figures.plt.close(fig)
+
+
+def weak_classes(
+    cm: np.ndarray, class_names: Sequence[str], balanced: float | None
+) -> list[dict[str, Any]]:
+    """Classes whose recall is more than :data:`WEAK_MARGIN` below the balanced accuracy.
+
+    Args:
+        cm: ``cm[true, pred]`` counts.
+        class_names: Names in label order.
+        balanced: The balanced accuracy (mean recall of the classes with images).
+
+    Returns:
+        Worst recall first: ``{"class", "recall", "support", "confused_with"}`` (the class its
+        images are most often taken for, or ``None``).
+    """
+    if balanced is None:
+        return []
+    support = cm.sum(axis=1)
+    off = cm - np.diag(np.diag(cm))
+    weak = []
+    for i in np.flatnonzero(support > 0):
+        recall = float(cm[i, i] / support[i])
+        if recall < balanced - WEAK_MARGIN:
+            j = int(off[i].argmax())
+            other = str(class_names[j]) if off[i, j] > 0 else None
+            weak.append(
+                {
+                    "class": str(class_names[i]),
+                    "recall": recall,
+                    "support": int(support[i]),
+                    "confused_with": other,
+                }
+            )
+    return sorted(weak, key=lambda w: w["recall"])

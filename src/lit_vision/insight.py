@@ -8,8 +8,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info
 
 from lit_vision.evaluation import EvalCollector, log_figures
 from lit_vision.report import evaluation_from_confusion, top_confusions, write_report
@@ -23,19 +22,9 @@ from lit_vision.runinfo import (
     run_info,
     track_setup_time,
 )
+from lit_vision.tb_report import LAYOUT, log_hparams, tb_loggers
 
 __all__ = ["LAYOUT", "InsightCallback", "track_setup_time"]  # track_setup_time: used by the CLI
-
-# Train and val curves on shared axes (TensorBoard's CUSTOM SCALARS tab; tags are regexes).
-LAYOUT = {
-    "lit_vision": {
-        "loss: train vs val": ["Multiline", [r"^train/loss_epoch$", r"^val/loss$"]],
-        "accuracy: train vs val": ["Multiline", [r"^train/acc$", r"^val/acc$"]],
-        "macro F1: train vs val": ["Multiline", [r"^train/f1$", r"^val/f1$"]],
-        "learning rate": ["Multiline", [r"^lr-"]],
-        "phase (transfer: frozen/unfrozen)": ["Multiline", [r"^train/phase$"]],
-    }
-}
 
 
 class InsightCallback(Callback):
@@ -114,7 +103,7 @@ class InsightCallback(Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Start the fit timer, add the CUSTOM SCALARS layout, drop the -1 hp_metric placeholder."""
         self._t["fit"] = time.perf_counter()
-        for logger in self._tb_loggers(trainer):
+        for logger in tb_loggers(trainer):
             logger.experiment.add_custom_scalars(LAYOUT)
             # Lightning logs hparams right after this hook; without the -1 placeholder the
             # HPARAMS tab gets one entry, written at the end with the real metrics. Private
@@ -145,7 +134,7 @@ class InsightCallback(Callback):
                 "trainable_params": trainable,
             }
             if len(phases) > 1 or phase != "train":
-                for logger in self._tb_loggers(trainer):
+                for logger in tb_loggers(trainer):
                     logger.experiment.add_text(
                         "phase",
                         f"epoch {trainer.current_epoch}: phase `{phase}`, "
@@ -308,12 +297,6 @@ class InsightCallback(Callback):
 
     # ----------------------------------------------------------------- helpers
     @staticmethod
-    def _tb_loggers(trainer: L.Trainer) -> list[TensorBoardLogger]:
-        if trainer.fast_dev_run or trainer.global_rank != 0:
-            return []
-        return [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
-
-    @staticmethod
     def _is_last_epoch(trainer: L.Trainer) -> bool:
         return (
             trainer.max_epochs is not None and 0 < trainer.max_epochs <= trainer.current_epoch + 1
@@ -354,7 +337,7 @@ class InsightCallback(Callback):
         ev = evaluation_from_confusion(cm, names)
         ev.update(when=when, top_confusions=top_confusions(cm, names), confusion_matrix=cm.tolist())
         self.report["evaluation"][stage] = ev
-        loggers = self._tb_loggers(trainer)
+        loggers = tb_loggers(trainer)
         if self.figures and figures_due and loggers:
             step = trainer.current_epoch if stage == "val" else trainer.global_step
             log_figures(
@@ -373,7 +356,7 @@ class InsightCallback(Callback):
         if trainer.global_rank != 0:
             return
         r = self.report
-        loggers = self._tb_loggers(trainer)
+        loggers = tb_loggers(trainer)
         r["run"].update(
             status=status,
             updated=now(),
@@ -390,8 +373,8 @@ class InsightCallback(Callback):
                 trainer.checkpoint_callback, r.get("checkpoints", {})
             )
         r["final_metrics"] = {**r.get("final_metrics", {}), **self._metrics(trainer)}
-        if status == "fitted":
-            self._log_hparams(trainer, pl_module)
+        if status == "fitted" and self.hparams_enabled and not self._hparams_logged:
+            self._hparams_logged = log_hparams(trainer, pl_module, r)
         if trainer.fast_dev_run or not self.report_enabled:
             return
         _, md_path = write_report(r, log_dir)
@@ -411,35 +394,3 @@ class InsightCallback(Callback):
         images = sum(p["images"] for p in phases.values())
         r["timing"]["train_total"] = train_s
         r["timing"]["train_images_per_s"] = images / train_s if train_s > 0 else None
-
-    def _log_hparams(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        loggers = self._tb_loggers(trainer)
-        if not self.hparams_enabled or self._hparams_logged or not loggers:
-            return
-        r = self.report
-        final = r["final_metrics"]
-        best = r.get("checkpoints", {}).get("best_score")
-        nan = float("nan")
-        metrics = {
-            "hp_metric": best if best is not None else final.get("val/acc", nan),
-            "hp/best_val_acc": best if best is not None else nan,
-            "hp/final_val_acc": final.get("val/acc", nan),
-            "hp/final_val_f1": final.get("val/f1", nan),
-            "hp/final_val_loss": final.get("val/loss", nan),
-            "hp/train_minutes": r["timing"]["train_total"] / 60,
-            "hp/train_images_per_s": r["timing"]["train_images_per_s"] or 0.0,
-            "hp/params_million": r["model"]["total_params"] / 1e6,
-        }
-        dm = trainer.datamodule
-        extra = {
-            "model_class": type(pl_module).__name__,
-            "data_class": type(dm).__name__ if dm else None,
-            "max_epochs": trainer.max_epochs,
-            "precision": str(trainer.precision),
-        }
-        for logger in loggers:
-            try:
-                logger.log_hyperparams({**dict(logger.hparams), **extra}, metrics)
-            except Exception as err:  # odd hparam values must not lose the report
-                rank_zero_warn(f"lit_vision: could not log hparams to TensorBoard: {err}")
-        self._hparams_logged = True

@@ -5,34 +5,25 @@ The pretrained-backbone system, ``TransferClassifier``, lives in :mod:`lit_visio
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any, Literal
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
-from torchmetrics import MeanMetric, MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+from torchmetrics import MeanMetric
 
+from lit_vision.balance import Balance, resolve
 from lit_vision.distributed import ScaleLR, broadcast_buffers
+from lit_vision.metrics import classification_loss, log_step, loss_class_weights, stage_metrics
 from lit_vision.networks import Pooling, SimpleCNN
 from lit_vision.optim import build_optimization
 from lit_vision.spec import CHECKPOINT_KEY, inference_spec
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def _stage_metrics(num_classes: int, prefix: str) -> MetricCollection:
-    return MetricCollection(
-        {
-            "acc": MulticlassAccuracy(num_classes, average="micro"),
-            "f1": MulticlassF1Score(num_classes, average="macro"),
-        },
-        prefix=prefix,
-    )
 
 
 class ImageClassifier(L.LightningModule):
@@ -66,6 +57,10 @@ class ImageClassifier(L.LightningModule):
             compiles; checkpoints are unchanged).
         scale_lr: Scale the learning rates with the effective batch (``lr_scale_factor``):
             ``none``, ``linear`` or ``sqrt``. Saved with the hyperparameters.
+        class_weights: Weight the training loss by inverse class frequency (mean weight 1,
+            from the DataModule's ``class_counts`` at fit): ``on``, ``off`` or ``auto`` (on when
+            the largest class has over 3x the images of the smallest). Off while the
+            DataModule's balanced sampler is on. Validation and test losses stay unweighted.
     """
 
     def __init__(
@@ -82,10 +77,14 @@ class ImageClassifier(L.LightningModule):
         input_norm: Literal["dataset", "image"] = "dataset",
         compile: bool = False,
         scale_lr: ScaleLR = "none",
+        class_weights: Balance = "auto",
     ) -> None:
         super().__init__()
-        # Collects the arguments of every __init__ on the way here, the subclass's included.
-        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        # Collects the arguments of every __init__ on the way here, the subclass's included, less
+        # a base argument the subclass does not take (load_from_checkpoint passes them all back).
+        takes = inspect.signature(type(self).__init__).parameters
+        untaken = [] if "class_weights" in takes else ["class_weights"]
+        self.save_hyperparameters(ignore=["optimizer", "scheduler", *untaken])
         self.num_classes = num_classes
         self.class_names = (
             list(class_names) if class_names else [str(i) for i in range(num_classes)]
@@ -100,6 +99,8 @@ class ImageClassifier(L.LightningModule):
         self.channels_last = channels_last
         self.input_norm = input_norm
         self.compile = compile
+        resolve(class_weights, None, "model.class_weights")  # a wrong value fails here
+        self.class_weights = class_weights
         net = self.configure_network()
         if net is not None:
             self.net = net
@@ -110,12 +111,11 @@ class ImageClassifier(L.LightningModule):
         self.register_buffer(
             "std", torch.tensor(std or default_std).view(1, 3, 1, 1), persistent=False
         )
-        self.train_metrics = _stage_metrics(num_classes, "train/")
-        self.val_metrics = _stage_metrics(num_classes, "val/")
-        self.test_metrics = _stage_metrics(num_classes, "test/")
-        # Sample-weighted mean loss per stage as metrics: torchmetrics syncs float sums and
-        # weights, whereas self.log(sync_dist=True) floors the integer sample count when DDP
-        # ranks hold unequal val shares (Lightning issue #21859), inflating val/loss.
+        self.register_buffer("loss_weight", None, persistent=False)  # set by setup("fit")
+        self.train_metrics = stage_metrics(num_classes, "train/")
+        self.val_metrics = stage_metrics(num_classes, "val/")
+        self.test_metrics = stage_metrics(num_classes, "test/")
+        # Sample-weighted mean loss per stage, DDP-safe (metrics.log_step says why).
         self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
 
     def configure_network(self) -> nn.Module | None:
@@ -171,24 +171,18 @@ class ImageClassifier(L.LightningModule):
         if self.compile and "_compiled_net" not in self.__dict__:
             self.__dict__["_compiled_net"] = torch.compile(self.net)
 
+    def setup(self, stage: str) -> None:
+        """At ``fit``: the loss's class weights from the DataModule's class counts (logged)."""
+        if stage == "fit":
+            dm = self.trainer.datamodule
+            self.loss_weight = loss_class_weights(self.class_weights, dm, self.device)
+
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
         x, y = batch
         logits = self(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
-        metrics = getattr(self, f"{stage}_metrics")
-        metrics.update(logits.detach(), y)
-        on_step = stage == "train"
-        mean_loss = getattr(self, f"{stage}_loss")
-        mean_loss(loss.detach(), len(y))  # the step value (this rank's) and the epoch accumulation
-        self.log(
-            f"{stage}/loss",
-            mean_loss,
-            on_step=on_step,
-            on_epoch=True,
-            prog_bar=True,
-            batch_size=len(y),
-        )
-        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train")
+        weight = self.loss_weight if stage == "train" else None
+        loss = classification_loss(logits, y, weight, self.label_smoothing)
+        log_step(self, stage, logits, y, loss)
         return loss
 
     def training_step(
@@ -260,6 +254,7 @@ class CNNClassifier(ImageClassifier):
         input_norm: ``dataset`` (mean/std) or per-``image`` standardisation.
         compile: Compile the network with ``torch.compile``.
         scale_lr: Scale the learning rates with the effective batch (``none``/``linear``/``sqrt``).
+        class_weights: Class-weighted training loss: ``auto`` (when over 3:1), ``on`` or ``off``.
     """
 
     def __init__(
@@ -284,6 +279,7 @@ class CNNClassifier(ImageClassifier):
         input_norm: Literal["dataset", "image"] = "dataset",
         compile: bool = False,
         scale_lr: ScaleLR = "none",
+        class_weights: Balance = "auto",
     ) -> None:
         super().__init__(
             num_classes,
@@ -297,6 +293,7 @@ class CNNClassifier(ImageClassifier):
             input_norm=input_norm,
             compile=compile,
             scale_lr=scale_lr,
+            class_weights=class_weights,
         )
 
     def configure_network(self) -> SimpleCNN:

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lit_vision.evaluation import WEAK_MARGIN, weak_classes
 from lit_vision.runinfo import environment_info
 
 __all__ = [
@@ -17,15 +18,18 @@ __all__ = [
     "evaluation_from_confusion",
     "render_markdown",
     "top_confusions",
+    "weak_classes",
     "write_report",
 ]
 
 
 def evaluation_from_confusion(cm: np.ndarray, class_names: Sequence[str]) -> dict[str, Any]:
-    """Accuracy, macro averages and per-class precision/recall/F1/support from counts.
+    """Accuracy, macro averages, per-class precision/recall/F1/support and the weak classes.
 
     The same numbers as scikit-learn's ``precision_recall_fscore_support(zero_division=0)``
-    on the predictions the matrix counts.
+    on the predictions the matrix counts; ``balanced_accuracy`` is the macro recall over the
+    classes with images (scikit-learn's ``balanced_accuracy_score``), and ``weak_classes``
+    are :func:`weak_classes`.
 
     Args:
         cm: ``cm[true, pred]`` counts, ``(C, C)``.
@@ -40,9 +44,12 @@ def evaluation_from_confusion(cm: np.ndarray, class_names: Sequence[str]) -> dic
     denom = support + predicted  # 2tp + fp + fn
     f = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
     total = int(cm.sum())
+    present = support > 0
+    balanced = float(r[present].mean()) if present.any() else None
     return {
         "images": total,
         "accuracy": float(tp.sum() / total) if total else None,
+        "balanced_accuracy": balanced,
         "macro_precision": float(p.mean()),
         "macro_recall": float(r.mean()),
         "macro_f1": float(f.mean()),
@@ -56,6 +63,7 @@ def evaluation_from_confusion(cm: np.ndarray, class_names: Sequence[str]) -> dic
             }
             for i, c in enumerate(class_names)
         ],
+        "weak_classes": weak_classes(cm, class_names, balanced),
     }
 
 
@@ -282,7 +290,8 @@ def _metrics(r: dict[str, Any]) -> list[str]:
     if hist:
         keys = [
             k
-            for k in ("train/loss_epoch", "train/acc", "val/loss", "val/acc", "val/f1")
+            for k in ("train/loss_epoch", "train/acc", "val/loss", "val/acc")
+            + ("val/balanced_acc", "val/f1")
             if any(k in h for h in hist)
         ]
         lr_keys = sorted({k for h in hist for k in h if k.startswith("lr/")})[:2]
@@ -313,8 +322,11 @@ def _evaluation(r: dict[str, Any]) -> list[str]:
         out += [
             f"### Per class on {stage} ({ev['when']}, {ev['images']} images)",
             "",
-            f"accuracy {_fmt(ev['accuracy'])}, macro precision {_fmt(ev['macro_precision'])}, "
+            f"accuracy {_fmt(ev['accuracy'])}, balanced accuracy "
+            f"{_fmt(ev.get('balanced_accuracy'))}, macro precision {_fmt(ev['macro_precision'])}, "
             f"macro recall {_fmt(ev['macro_recall'])}, macro F1 {_fmt(ev['macro_f1'])}",
+            "",
+            _weak_line(ev),
             "",
         ]
         out += _table(
@@ -343,6 +355,19 @@ def _evaluation(r: dict[str, Any]) -> list[str]:
         "(confusion matrix, worst misclassified), HPARAMS (hyperparameters with final metrics).",
         "",
     ]
+
+
+def _weak_line(ev: dict[str, Any]) -> str:
+    """One line naming the weak classes of an evaluation (or saying there are none)."""
+    weak = ev.get("weak_classes") or []
+    margin = f"more than {WEAK_MARGIN * 100:.0f} points below the balanced accuracy"
+    if not weak:
+        return f"Weak classes: none (no class's recall is {margin})."
+    return f"**Weak classes** (recall {margin}): " + "; ".join(
+        f"{w['class']} (recall {w['recall']:.2f} of {w['support']}"
+        + (f", mostly taken for {w['confused_with']})" if w["confused_with"] else ")")
+        for w in weak
+    )
 
 
 SECTIONS = (_header, _environment, _dataset, _timing, _model, _metrics, _evaluation)

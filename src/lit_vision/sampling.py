@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,10 +53,38 @@ class EpochSampler(torch.utils.data.Sampler):
         self._epoch_given = False
         state = np.random.SeedSequence([self.seed, epoch]).generate_state(2, np.uint32)
         rng = np.random.default_rng(state)
-        order = rng.permutation(self.n)
+        order = self._order(rng)
         seeds = rng.integers(0, 2**31 - 1, size=self.n)
         skip, self.skip = self.skip, 0
         return iter(zip(order[skip:].tolist(), seeds[skip:].tolist(), strict=True))
+
+    def _order(self, rng: np.random.Generator) -> np.ndarray:
+        """The epoch's ``n`` dataset indices: a permutation."""
+        return rng.permutation(self.n)
+
+
+class WeightedEpochSampler(EpochSampler):
+    """An :class:`EpochSampler` whose epochs draw every class equally often.
+
+    Each of the epoch's ``n`` indices is drawn with replacement, with probability inverse to
+    its class's size, so the classes appear about equally often (rare images repeat, common
+    ones are partly left out); the epoch keeps the dataset's length. The draw and the
+    augmentation seeds are a pure function of ``(seed, epoch)``, so an exact resume still works.
+
+    Args:
+        targets: Class index of every sample, in dataset order.
+        seed: Base seed.
+    """
+
+    def __init__(self, targets: Sequence[int], seed: int = 0) -> None:
+        super().__init__(len(targets), seed)
+        labels = np.asarray(targets, dtype=np.int64)
+        weights = 1.0 / np.bincount(labels)[labels] if labels.size else np.ones(0)
+        self.probabilities = weights / weights.sum() if labels.size else weights
+
+    def _order(self, rng: np.random.Generator) -> np.ndarray:
+        """``n`` indices drawn with replacement, each class with the same total probability."""
+        return rng.choice(self.n, size=self.n, replace=True, p=self.probabilities)
 
 
 @dataclass(frozen=True)
@@ -111,21 +139,28 @@ class TrainOrder:
         self.seed = seed
         self.pending: ResumePoint | None = None
 
-    def loader_kwargs(self, n: int) -> dict[str, Any]:
+    def loader_kwargs(self, n: int, balance_targets: Sequence[int] | None = None) -> dict[str, Any]:
         """``sampler`` and ``generator`` arguments of a shuffled training DataLoader.
 
         Args:
             n: Dataset length.
+            balance_targets: The samples' class indices, to draw the classes equally often
+                (:class:`WeightedEpochSampler`); ``None``: a plain shuffle.
 
         Returns:
-            An :class:`EpochSampler` and a private generator seeded with the base seed.
+            An :class:`EpochSampler` (or :class:`WeightedEpochSampler`) and a private
+            generator seeded with the base seed.
         """
         if self.seed is None:
             self.seed = default_seed()
         # A private generator for the loader's own draw (worker base seed), so creating an
         # iterator (again, after a resume) does not move the global RNG that dropout uses.
         generator = torch.Generator().manual_seed(self.seed)
-        sampler = EpochSampler(n, self.seed)
+        sampler = (
+            EpochSampler(n, self.seed)
+            if balance_targets is None
+            else WeightedEpochSampler(balance_targets, self.seed)
+        )
         if self.pending is not None:
             # Lightning creates the iterator (and workers prefetch) before any epoch hook runs,
             # so the resumed epoch and the samples already trained on are set here.
