@@ -8,16 +8,13 @@ cache), :mod:`~lit_vision.sampling` (the resumable training order) and
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Literal
 
 import albumentations as A
 import lightning as L
-import torch
-from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import rank_zero_info
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
 from lit_vision.augment import (
     AugmentSettings,
@@ -29,7 +26,7 @@ from lit_vision.augment import (
 from lit_vision.balance import Balance, balanced, per_class
 from lit_vision.cache import cached_decode, decode_all
 from lit_vision.check import ScanReport
-from lit_vision.datasets import BatchedImages, ImageDataset, collate_batch
+from lit_vision.datasets import BatchedImages, ImageDataset
 from lit_vision.errors import DataError
 from lit_vision.features import FeatureBatches, FeatureSet
 from lit_vision.folders import (
@@ -41,6 +38,7 @@ from lit_vision.folders import (
     split_classes,
 )
 from lit_vision.images import DEFAULT_MAX_MEGAPIXELS, ImageDecodeError
+from lit_vision.loaders import batch_loader, eval_sampler, loader_workers
 from lit_vision.sampling import EpochSampler, TrainOrder
 
 # Names other modules and scripts import from here (bench/, report.py, tests).
@@ -347,31 +345,10 @@ class ImageFolderDataModule(L.LightningDataModule):
         self._forget(self.screen.rescan(split, self._resolve_image_size()))
         return self._build(split, train)
 
-    def _eval_sampler(self, dataset: Dataset) -> Sampler | None:
-        """Under several processes, each evaluates a disjoint share, every sample exactly once.
-
-        Lightning's default DistributedSampler pads the last share with repeated samples, which
-        would count them twice in val/test metrics. Lightning keeps a DistributedSampler it is
-        given, so training still gets its own (shuffled, padded, which is harmless there).
-        """
-        kwargs = self.trainer.distributed_sampler_kwargs if self.trainer is not None else None
-        if not kwargs or kwargs.get("num_replicas", 1) <= 1:
-            return None
-        return UnrepeatedDistributedSampler(dataset, shuffle=False, **kwargs)
-
-    def _workers(self, dataset: ImageDataset) -> int:
-        """Loader processes for ``dataset``: ``num_workers``, or 0 when there is no per-sample work."""
-        if self.hparams.num_workers is not None:
-            return self.hparams.num_workers
-        per_sample_work = dataset.cache is None or bool(
-            dataset.transform and dataset.transform.transforms
-        )
-        return min(4, os.cpu_count() or 1) if per_sample_work else 0
-
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         """The DataLoader of ``split``: whole batches at a time, shuffled by the resumable sampler."""
         dataset = self.datasets[split]
-        workers = self._workers(dataset)
+        workers = loader_workers(self.hparams.num_workers, dataset)
         features = self._cached_features(split)
         batches: Dataset = BatchedImages(dataset)
         if features is not None:  # the model serves cached backbone features: no image work
@@ -379,18 +356,9 @@ class ImageFolderDataModule(L.LightningDataModule):
         if shuffle:  # the seeded, resumable order (class-balanced with `balance`)
             order: dict[str, Any] = self.train_order.loader_kwargs(len(dataset), balanced(self))
         else:
-            order = {"shuffle": False, "sampler": self._eval_sampler(dataset)}
-        return DataLoader(
-            batches,
-            batch_size=self.batch_size,
-            **order,
-            num_workers=workers,
-            collate_fn=collate_batch,
-            persistent_workers=workers > 0,
-            pin_memory=torch.cuda.is_available(),
-            drop_last=shuffle and len(dataset) > self.batch_size,
-            prefetch_factor=4 if workers > 0 else None,
-        )
+            order = {"shuffle": False, "sampler": eval_sampler(self.trainer, dataset)}
+        drop_last = shuffle and len(dataset) > self.batch_size
+        return batch_loader(batches, self.batch_size, order, workers, drop_last=drop_last)
 
     def _cached_features(self, split: str) -> FeatureSet | None:
         """Features the model caches for ``split``, to serve instead of images, or ``None``.

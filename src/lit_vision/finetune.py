@@ -194,9 +194,14 @@ class FreezeSchedule:
             and not budget_over
         ):
             return
-        if self.unfreeze_blocks == 0 or self._budget_left() <= 0:
+        done = f"head-only training done after epoch {epoch} (best {self.monitor} {state['best']})"
+        if self.unfreeze_blocks == 0:
+            self._stop(done)
+            return
+        if self._budget_left() < self._finetune_epoch_estimate():
             self._stop(
-                f"head-only training done after epoch {epoch} (best {self.monitor} {state['best']})"
+                f"{done}: a fine-tuning epoch (~{self._finetune_epoch_estimate():.0f} s) does not "
+                f"fit the {max(0.0, self._budget_left()):.0f} s left of the budget"
             )
             return
         state["switch_epoch"], state["bad_epochs"] = epoch + 1, 0
@@ -212,6 +217,22 @@ class FreezeSchedule:
         if self.budget_minutes is None:
             return float("inf")
         return self.budget_minutes * 60 - self.schedule_state["elapsed"]
+
+    def _finetune_epoch_estimate(self) -> float:
+        """Seconds one fine-tuning epoch should take, before one was measured.
+
+        Three frozen forward passes per training image (the forward, the backward through the
+        unfrozen blocks, the augmentation: a conservative sum), from the feature cache's
+        measured forward time; 0 when nothing was measured.
+        """
+        per_image = self.schedule_state.get("forward_seconds") or 0.0
+        dm = self.trainer.datamodule
+        n_train = (
+            len(dm.datasets["train"])
+            if dm is not None and "train" in getattr(dm, "datasets", {})
+            else 0
+        )
+        return 3.0 * per_image * n_train
 
     def _epoch_seconds(self, epoch: int) -> float:
         """How long the next epoch should take: the time per epoch since unfreezing."""

@@ -6,6 +6,7 @@ that makes head-only epochs nearly free is :mod:`lit_vision.features`.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -14,6 +15,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import Dataset
 
+from lit_vision.balance import Balance
 from lit_vision.distributed import ScaleLR
 from lit_vision.features import DatasetImages, FeatureSet, compute_features
 from lit_vision.finetune import FreezeSchedule
@@ -78,6 +80,8 @@ class TransferClassifier(FreezeSchedule, ImageClassifier):
         input_norm: ``dataset`` (mean/std) or per-``image`` standardisation.
         compile: Compile the network with ``torch.compile``.
         scale_lr: Scale the learning rates with the effective batch (``none``/``linear``/``sqrt``).
+        class_weights: Weight the training loss by inverse class frequency: ``on``, ``off``,
+            or ``auto`` (on when the largest class has more than 3x the smallest's images).
     """
 
     def __init__(
@@ -114,6 +118,7 @@ class TransferClassifier(FreezeSchedule, ImageClassifier):
         input_norm: Literal["dataset", "image"] = "dataset",
         compile: bool = False,
         scale_lr: ScaleLR = "none",
+        class_weights: Balance = "auto",
     ) -> None:
         super().__init__(
             num_classes,
@@ -127,6 +132,7 @@ class TransferClassifier(FreezeSchedule, ImageClassifier):
             input_norm=input_norm,
             compile=compile,
             scale_lr=scale_lr,
+            class_weights=class_weights,
         )
         self.default_image_size = int(self.net.data_config()["input_size"][-1])
         self.freeze_epochs = freeze_epochs
@@ -221,6 +227,7 @@ class TransferClassifier(FreezeSchedule, ImageClassifier):
         world, rank, n = trainer.world_size, trainer.global_rank, len(dataset)
         was_training = self.training
         self.eval()
+        start = time.perf_counter()
         with trainer.precision_plugin.forward_context():
             shard = compute_features(
                 self.embed,
@@ -235,6 +242,9 @@ class TransferClassifier(FreezeSchedule, ImageClassifier):
                 show_progress=rank == 0,
             )
         self.train(was_training)
+        # Seconds of one frozen forward pass per image: what sizes a fine-tuning epoch.
+        passes = max(1, len(range(rank, n, world)) * views)
+        self.schedule_state["forward_seconds"] = (time.perf_counter() - start) / passes
         features = self._gather_shards(shard, n) if world > 1 else shard
         targets = torch.as_tensor(dataset.targets, dtype=torch.long)
         rank_zero_info(
