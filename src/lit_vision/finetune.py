@@ -132,6 +132,8 @@ class FreezeSchedule:
 
     def setup(self, stage: str) -> None:
         """Before DDP wraps the model: let it tolerate parameters frozen for a while."""
+        if stage == "fit":
+            self.start_clock()
         strategy = self.trainer.strategy if self._trainer is not None else None
         toggles = (
             self.freeze_epochs == "auto"
@@ -151,8 +153,12 @@ class FreezeSchedule:
                 )
 
     # -- deciding (freeze_epochs: auto) ------------------------------------------------------
-    def on_train_start(self) -> None:
-        """Start the budget's clock (a resumed run restarts it from the saved elapsed time)."""
+    def start_clock(self) -> None:
+        """Start the budget's clock (a resumed run continues from the saved elapsed time).
+
+        Called from ``setup("fit")``, before the loaders are built, so the feature cache's
+        computation counts against the budget too.
+        """
         self._clock = time.monotonic() - self.schedule_state["elapsed"]
 
     def on_train_epoch_end(self) -> None:

@@ -275,3 +275,4 @@ class TransferClassifier(FreezeSchedule, ImageClassifier):
         """Restore the schedule's decisions of a resumed run."""
         super().on_load_checkpoint(checkpoint)
         self.schedule_state.update(checkpoint.get(SCHEDULE_KEY) or {})
+        self.start_clock()  # the budget continues from the saved elapsed time
