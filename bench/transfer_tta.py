@@ -43,11 +43,25 @@ def _peak_rss(proc: psutil.Process, out: list[int], stop: threading.Event) -> No
 def run(config: str, root: str, threshold: float, extra: list[str]) -> dict:
     """One whole `fit` command: wall time, per-epoch end times, val/acc history, peak RSS."""
     with tempfile.TemporaryDirectory(prefix="tta-") as tmp:
-        cmd = [sys.executable, "-m", "lit_vision", "fit", "--config", config, "--data.root", root,
-               "--trainer.logger.init_args.save_dir", tmp, "--trainer.enable_progress_bar", "false",
-               *extra]
+        cmd = [
+            sys.executable,
+            "-m",
+            "lit_vision",
+            "fit",
+            "--config",
+            config,
+            "--data.root",
+            root,
+            "--trainer.logger.init_args.save_dir",
+            tmp,
+            "--trainer.enable_progress_bar",
+            "false",
+            *extra,
+        ]
         start = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(
+            cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
         peak, stop = [0], threading.Event()
         sampler = threading.Thread(target=_peak_rss, args=(psutil.Process(proc.pid), peak, stop))
         sampler.start()
@@ -64,7 +78,10 @@ def run(config: str, root: str, threshold: float, extra: list[str]) -> dict:
     accs = {h["epoch"]: h.get("val/acc") for h in history if h.get("val/acc") is not None}
     reached = [ends[e] for e, a in sorted(accs.items()) if a >= threshold and e in ends]
     return {
-        "config": config, "rc": proc.returncode, "wall_s": round(wall, 1), "epochs": len(accs),
+        "config": config,
+        "rc": proc.returncode,
+        "wall_s": round(wall, 1),
+        "epochs": len(accs),
         "best_val_acc": max(accs.values(), default=None),
         "time_to_threshold_s": round(reached[0], 1) if reached else None,
         "peak_rss_gb": round(peak[0] / 2**30, 2),
@@ -75,7 +92,9 @@ def main() -> None:
     """Run every config and print the table and the ratios against the first."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", required=True, help="split folder (train/ val/)")
-    p.add_argument("--configs", nargs="+", default=["configs/transfer.yaml", "configs/catsdogs_transfer.yaml"])
+    p.add_argument(
+        "--configs", nargs="+", default=["configs/transfer.yaml", "configs/catsdogs_transfer.yaml"]
+    )
     p.add_argument("--threshold", type=float, default=0.97)
     p.add_argument("--extra", nargs="*", default=[], help="options passed to every fit")
     args = p.parse_args()

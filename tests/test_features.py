@@ -22,7 +22,9 @@ CONFIG = str(REPO / "configs" / "transfer.yaml")
 
 def _tiny_backbone() -> torch.nn.Module:
     torch.manual_seed(0)
-    return timm.create_model("test_efficientnet", pretrained=False, num_classes=0, global_pool="").eval()
+    return timm.create_model(
+        "test_efficientnet", pretrained=False, num_classes=0, global_pool=""
+    ).eval()
 
 
 def test_head_on_cached_features_equals_head_through_live_backbone() -> None:
@@ -35,8 +37,16 @@ def test_head_on_cached_features_equals_head_through_live_backbone() -> None:
         return pool(backbone(x.float() / 255))
 
     views, batch = 3, 8
-    cached = compute_features(embed, lambda idx: images[list(idx)], list(range(24)), views=views,
-                              seed=5, augment=augment, batch_size=batch, device=torch.device("cpu"))
+    cached = compute_features(
+        embed,
+        lambda idx: images[list(idx)],
+        list(range(24)),
+        views=views,
+        seed=5,
+        augment=augment,
+        batch_size=batch,
+        device=torch.device("cpu"),
+    )
     assert cached.shape[:2] == (views, 24)
     torch.manual_seed(1)
     head = classifier_head(cached.shape[-1], 3, hidden=16, dropout=0.0)
@@ -50,8 +60,10 @@ def test_head_on_cached_features_equals_head_through_live_backbone() -> None:
             idx = list(range(start, start + batch))
             with torch.no_grad():  # the frozen backbone, run live on the same draw
                 live_x = embed(augmented_view(images[idx], view, 5, idx[0], augment))
-            for h, opt, x, out in ((live_head, opt_live, live_x, live_losses),
-                                   (cache_head, opt_cache, cached[view, idx], cache_losses)):
+            for h, opt, x, out in (
+                (live_head, opt_live, live_x, live_losses),
+                (cache_head, opt_cache, cached[view, idx], cache_losses),
+            ):
                 loss = torch.nn.functional.cross_entropy(h(x), targets[idx])
                 opt.zero_grad()
                 loss.backward()
@@ -68,19 +80,39 @@ def test_head_on_cached_features_equals_head_through_live_backbone() -> None:
 def test_feature_batches_draw_one_view_per_sample_and_epoch() -> None:
     feats = torch.arange(3 * 4 * 2, dtype=torch.float32).view(3, 4, 2)
     ds = FeatureBatches(FeatureSet(feats, torch.tensor([0, 1, 0, 1])))
-    x, y = ds.__getitems__([(0, 4), (3, 2), 1])  # (index, seed): view = seed % 3; plain index: view 0
+    x, y = ds.__getitems__(
+        [(0, 4), (3, 2), 1]
+    )  # (index, seed): view = seed % 3; plain index: view 0
     assert torch.equal(x, torch.stack([feats[1, 0], feats[2, 3], feats[0, 1]]))
     assert y.tolist() == [0, 1, 1]
 
 
 def _fit(tmp_path: Path, *extra: str) -> object:
     root = make_split_tree(tmp_path / "data", classes=3, train=16, val=6, test=0, size=24)
-    return run_command([
-        "fit", "--config", CONFIG, "--data.root", str(root), "--data.image_size", "32",
-        "--data.num_workers", "0", "--data.batch_size", "8", "--trainer.enable_progress_bar", "false",
-        "--trainer.logger.init_args.save_dir", str(tmp_path / "tb"), "--model.init_args.pretrained", "false",
-        "--model.init_args.backbone", "test_efficientnet", *extra,
-    ])
+    return run_command(
+        [
+            "fit",
+            "--config",
+            CONFIG,
+            "--data.root",
+            str(root),
+            "--data.image_size",
+            "32",
+            "--data.num_workers",
+            "0",
+            "--data.batch_size",
+            "8",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.logger.init_args.save_dir",
+            str(tmp_path / "tb"),
+            "--model.init_args.pretrained",
+            "false",
+            "--model.init_args.backbone",
+            "test_efficientnet",
+            *extra,
+        ]
+    )
 
 
 def test_datamodule_serves_features_while_frozen_then_images(tmp_path: Path) -> None:
@@ -89,8 +121,15 @@ def test_datamodule_serves_features_while_frozen_then_images(tmp_path: Path) -> 
     class Spy(torch.nn.Module):
         pass
 
-    cli = _fit(tmp_path, "--model.init_args.freeze_epochs", "2", "--trainer.max_epochs", "3",
-               "--model.init_args.unfreeze_blocks", "1")
+    cli = _fit(
+        tmp_path,
+        "--model.init_args.freeze_epochs",
+        "2",
+        "--trainer.max_epochs",
+        "3",
+        "--model.init_args.unfreeze_blocks",
+        "1",
+    )
     model, dm = cli.model, cli.datamodule
     # After the run the backbone is unfrozen: the cache is dropped and images are served.
     assert model.phase == 1 and not model._features
@@ -100,9 +139,19 @@ def test_datamodule_serves_features_while_frozen_then_images(tmp_path: Path) -> 
 
 
 def test_features_are_served_in_the_head_phase(tmp_path: Path) -> None:
-    cli = _fit(tmp_path, "--model.init_args.freeze_epochs", "auto", "--model.init_args.unfreeze_blocks", "0",
-               "--model.init_args.head_patience", "1", "--model.init_args.max_head_epochs", "3",
-               "--trainer.max_epochs", "10")
+    cli = _fit(
+        tmp_path,
+        "--model.init_args.freeze_epochs",
+        "auto",
+        "--model.init_args.unfreeze_blocks",
+        "0",
+        "--model.init_args.head_patience",
+        "1",
+        "--model.init_args.max_head_epochs",
+        "3",
+        "--trainer.max_epochs",
+        "10",
+    )
     model, trainer = cli.model, cli.trainer
     # Head only: the run ends when the head plateaus (at most max_head_epochs), on features.
     assert trainer.current_epoch <= 3 and model.phase == 0
@@ -112,11 +161,25 @@ def test_features_are_served_in_the_head_phase(tmp_path: Path) -> None:
 
 
 def test_auto_schedule_switches_and_resume_keeps_the_decision(tmp_path: Path) -> None:
-    cli = _fit(tmp_path, "--model.init_args.freeze_epochs", "auto", "--model.init_args.unfreeze_blocks", "1",
-               "--model.init_args.head_patience", "1", "--model.init_args.max_head_epochs", "2",
-               "--model.init_args.finetune_patience", "1", "--trainer.max_epochs", "6")
+    cli = _fit(
+        tmp_path,
+        "--model.init_args.freeze_epochs",
+        "auto",
+        "--model.init_args.unfreeze_blocks",
+        "1",
+        "--model.init_args.head_patience",
+        "1",
+        "--model.init_args.max_head_epochs",
+        "2",
+        "--model.init_args.finetune_patience",
+        "1",
+        "--trainer.max_epochs",
+        "6",
+    )
     state = cli.model.schedule_state
-    assert state["switch_epoch"] == 2  # max_head_epochs reached (or the plateau) -> unfreeze at epoch 2
+    assert (
+        state["switch_epoch"] == 2
+    )  # max_head_epochs reached (or the plateau) -> unfreeze at epoch 2
     assert cli.model.phase == 1
     last = next((tmp_path / "tb").rglob("last.ckpt"))
     saved = torch.load(last, map_location="cpu", weights_only=True)["lit_vision_schedule"]
@@ -124,6 +187,8 @@ def test_auto_schedule_switches_and_resume_keeps_the_decision(tmp_path: Path) ->
     # A model restored from the checkpoint continues the same schedule.
     from lit_vision.transfer import TransferClassifier
 
-    fresh = TransferClassifier(3, backbone="test_efficientnet", pretrained=False, freeze_epochs="auto")
+    fresh = TransferClassifier(
+        3, backbone="test_efficientnet", pretrained=False, freeze_epochs="auto"
+    )
     fresh.on_load_checkpoint({"lit_vision_schedule": saved})
     assert fresh.phase_for(1) == 0 and fresh.phase_for(2) == 1

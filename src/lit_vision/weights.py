@@ -303,7 +303,11 @@ def create_timm_model(
             # TensorFlow trained these on inputs scaled to [-1, 1]: with them, a linear probe
             # on frozen cats/dogs features scores 0.988 instead of 0.965 with ImageNet's mean/std
             # (docs/results.md). The model's data config is what TransferClassifier normalises by.
-            model.pretrained_cfg = {**model.pretrained_cfg, "mean": PACKAGE_MEAN_STD, "std": PACKAGE_MEAN_STD}
+            model.pretrained_cfg = {
+                **model.pretrained_cfg,
+                "mean": PACKAGE_MEAN_STD,
+                "std": PACKAGE_MEAN_STD,
+            }
         return model
     if not pretrained:
         return timm.create_model(arch, pretrained=False, **kwargs)
