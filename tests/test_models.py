@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from lit_vision.models import CNNClassifier, ImageClassifier
-from lit_vision.transfer import TransferClassifier
 from lit_vision.networks import GlobalPool
 from lit_vision.optim import optimizer_lr
+from lit_vision.transfer import TransferClassifier
 
 TINY = "test_efficientnet"
 
