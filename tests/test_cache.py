@@ -14,6 +14,7 @@ from lit_vision.cache import cached_decode
 from lit_vision.data import ImageFolderDataModule
 from lit_vision.datasets import BatchedImages, collate_batch
 from lit_vision.folders import list_samples
+from lit_vision.loaders import loader_workers
 
 
 def _samples(root: Path) -> list[tuple[str, int]]:
@@ -78,7 +79,7 @@ def test_datamodule_uses_disk_cache_and_batches(tmp_path: Path) -> None:
     )
     sample.setup("fit")
     assert sample.batch_augment is None and sample.datasets["train"].transform.transforms
-    assert sample._workers(sample.datasets["train"]) >= 1
+    assert loader_workers(sample.hparams.num_workers, sample.datasets["train"]) >= 1
 
 
 def test_batch_augment_flip_is_exact_and_range_kept() -> None:

@@ -156,7 +156,7 @@ def test_features_are_served_in_the_head_phase(tmp_path: Path) -> None:
     # Head only: the run ends when the head plateaus (at most max_head_epochs), on features.
     assert trainer.current_epoch <= 3 and model.phase == 0
     loader = cli.datamodule.train_dataloader()
-    assert isinstance(loader.dataset, FeatureBatches) and loader.dataset.features.views == 3
+    assert isinstance(loader.dataset, FeatureBatches) and loader.dataset.features.views == 2
     assert model.schedule_state["switch_epoch"] is None and model.schedule_state["best"] is not None
 
 
