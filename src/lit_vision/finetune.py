@@ -168,11 +168,15 @@ class FreezeSchedule:
         state = self.schedule_state
         state["elapsed"] = time.monotonic() - self._clock
         score = self.trainer.callback_metrics.get(self.monitor)
+        # Patience counts against the best of the current phase: fine-tuning often dips for an
+        # epoch while the unfrozen blocks adapt, and the head's best stays in the checkpoint.
+        key = "best" if self.phase == 0 else "phase_best"
         improved = score is not None and (
-            state["best"] is None or float(score) > state["best"] + 1e-9
+            state.get(key) is None or float(score) > state[key] + 1e-9
         )
         if improved:
-            state["best"], state["bad_epochs"] = float(score), 0
+            state[key], state["bad_epochs"] = float(score), 0
+            state["best"] = max(state["best"] or float(score), float(score))
             if self.phase == 0:
                 self._best_head = {
                     k: v.detach().clone() for k, v in self.net.head.state_dict().items()
