@@ -115,27 +115,37 @@ def _fit(tmp_path: Path, *extra: str) -> object:
     )
 
 
-def test_datamodule_serves_features_while_frozen_then_images(tmp_path: Path) -> None:
-    served = []
-
-    class Spy(torch.nn.Module):
-        pass
-
-    cli = _fit(
-        tmp_path,
-        "--model.init_args.freeze_epochs",
-        "2",
-        "--trainer.max_epochs",
-        "3",
-        "--model.init_args.unfreeze_blocks",
-        "1",
-    )
+def test_after_unfreezing_the_frozen_prefix_is_served_and_equals_the_live_path(tmp_path: Path) -> None:
+    cli = _fit(tmp_path, "--model.init_args.freeze_epochs", "2", "--trainer.max_epochs", "3",
+               "--model.init_args.unfreeze_blocks", "1")
     model, dm = cli.model, cli.datamodule
-    # After the run the backbone is unfrozen: the cache is dropped and images are served.
-    assert model.phase == 1 and not model._features
-    served.append(type(dm.train_dataloader().dataset).__name__)
-    assert served == ["BatchedImages"]
-    assert (tmp_path / "tb").exists()
+    assert model.phase == 1 and not model._features  # pooled features dropped once unfrozen
+    loader = dm.train_dataloader()
+    assert isinstance(loader.dataset, FeatureBatches)
+    prefix = loader.dataset.features.features  # (views, N, C, h, w) activations of the frozen part
+    assert prefix.ndim == 5 and prefix.shape[2] != 3
+    # The logits from cached activations equal the live model's from the images.
+    model.eval()
+    images, _ = dm.datasets["train"].cache[:4], None
+    x = torch.from_numpy(images).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        live = model(x)
+        cached = model(prefix[0, :4].to(torch.float32))
+    assert torch.allclose(live, cached, atol=1e-4)
+    # A backbone without the EfficientNet layout (or unfreezing everything) gets images.
+    assert model.net.split(0) is None
+
+
+def test_prefix_split_matches_the_whole_backbone() -> None:
+    from lit_vision.networks import TransferNet
+
+    net = TransferNet("test_efficientnet", 3, pretrained=False).eval()
+    x = torch.randn(2, 3, 32, 32)
+    for k in range(1, len(net.groups())):
+        prefix, suffix = net.split(k)
+        assert torch.allclose(net.embed_suffix(suffix, prefix(x)), net.embed(x), atol=1e-5)
+        frozen = {id(p) for g in net.groups()[:-k] for p in g}
+        assert {id(p) for p in prefix.parameters()} == frozen
 
 
 def test_features_are_served_in_the_head_phase(tmp_path: Path) -> None:

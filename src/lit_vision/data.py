@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 import albumentations as A
 import lightning as L
+import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
@@ -384,7 +385,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         trainer = self.trainer
         if self.batch_augment is not None and trainer is not None and trainer.training:
             images, targets = batch
-            if images.ndim != 4:  # cached features: augmented when they were computed
+            if images.dtype != torch.uint8:  # cached features: augmented when computed
                 return batch
             return self.batch_augment(images), targets
         return batch

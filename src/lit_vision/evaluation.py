@@ -139,7 +139,7 @@ class EvalCollector:
         if self._confusion is None:  # a module without num_classes: one process only
             self._confusion = MulticlassConfusionMatrix(logits.shape[1]).to(logits.device)
         self._confusion.update(logits.detach(), batch[1])
-        if batch[0].ndim == 4:  # images; cached features (a frozen backbone's) have no picture
+        if batch[0].dtype == torch.uint8:  # images; cached features have no picture
             self._worst.add(batch[0], logits, batch[1])
 
     def result(

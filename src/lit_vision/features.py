@@ -71,7 +71,7 @@ def augmented_view(
 
 
 def compute_features(
-    embed: Callable[[torch.Tensor], torch.Tensor],
+    embed: Callable[[torch.Tensor], torch.Tensor | tuple[torch.Tensor, ...]],
     images: Callable[[Sequence[int]], torch.Tensor],
     indices: Sequence[int],
     *,
@@ -82,11 +82,12 @@ def compute_features(
     device: torch.device,
     desc: str = "features",
     show_progress: bool = True,
-) -> torch.Tensor:
-    """Pooled features of ``images(batch_indices)`` for every index and view.
+) -> torch.Tensor | list[torch.Tensor]:
+    """What ``embed`` gives for ``images(batch_indices)``, for every index and view.
 
     Args:
-        embed: Images (uint8 NCHW on ``device``) to pooled features ``(n, D)``.
+        embed: Images (uint8 NCHW on ``device``) to pooled features ``(n, D)``, or to a tuple
+            of outputs (e.g. the pooled features and a frozen prefix's activations).
         images: Fetches the uint8 NCHW images of some indices (a dataset gather).
         indices: The images to compute, in order.
         views: Views per image (1: the clean image only).
@@ -98,9 +99,10 @@ def compute_features(
         show_progress: Show a bar (on stderr) when there are 500 forward passes or more.
 
     Returns:
-        ``(views, len(indices), D)`` float32 features on the CPU.
+        ``(views, len(indices), ...)`` tensors on the CPU (float32 features; other outputs in
+        the dtype ``embed`` gave them): one, or a list when ``embed`` returns a tuple.
     """
-    out: list[list[torch.Tensor]] = [[] for _ in range(views)]
+    out: list[list[list[torch.Tensor]]] = [[] for _ in range(views)]
     total = len(indices) * views
     bar = tqdm(
         total=total,
@@ -110,17 +112,24 @@ def compute_features(
         file=sys.stderr,
         disable=not show_progress or total < 500,
     )
+    single = True
     with torch.inference_mode(), bar:
         for start in range(0, len(indices), batch_size):
             batch_idx = list(indices[start : start + batch_size])
             pixels = images(batch_idx).to(device)
             for v in range(views):
-                x = augmented_view(pixels, v, seed, batch_idx[0], augment)
-                out[v].append(embed(x).float().cpu())
+                result = embed(augmented_view(pixels, v, seed, batch_idx[0], augment))
+                single = isinstance(result, torch.Tensor)
+                parts = (result,) if single else tuple(result)
+                out[v].append([parts[0].float().cpu(), *(t.cpu() for t in parts[1:])])
                 bar.update(len(batch_idx))
     if not indices:
         return torch.empty(views, 0, 0)
-    return torch.stack([torch.cat(chunks) for chunks in out])
+    stacked = [
+        torch.stack([torch.cat([chunk[k] for chunk in out[v]]) for v in range(views)])
+        for k in range(len(out[0][0]))
+    ]
+    return stacked[0] if single else stacked
 
 
 class DatasetImages:

@@ -184,6 +184,29 @@ class TransferNet(nn.Module):
 
         return timm.data.resolve_model_data_config(self.features)
 
+    def split(self, trainable: int) -> tuple[nn.Module, nn.Module] | None:
+        """The backbone as ``(frozen prefix, trainable suffix)`` around its last groups.
+
+        For EfficientNet-style timm models whose last ``trainable`` groups train; ``None`` for
+        other layouts. ``suffix(prefix(x))`` is ``features(x)``; the stages are exactly :meth:`groups`' (the
+        parameter counts are checked), so the prefix holds only frozen parameters.
+        """
+        f = self.features
+        if trainable <= 0 or not all(
+            hasattr(f, a) for a in ("conv_stem", "bn1", "blocks", "conv_head", "bn2")
+        ):
+            return None
+        last = nn.Sequential(f.blocks[-1], f.conv_head, f.bn2)
+        stages = [nn.Sequential(f.conv_stem, f.bn1), *f.blocks[:-1], last]
+        sizes = [sum(p.numel() for p in m.parameters()) for m in stages]
+        if trainable >= len(stages) or sizes != [sum(p.numel() for p in g) for g in self.groups()]:
+            return None
+        return nn.Sequential(*stages[:-trainable]), nn.Sequential(*stages[-trainable:])
+
+    def embed_suffix(self, suffix: nn.Module, activations: torch.Tensor) -> torch.Tensor:
+        """Pooled features from the prefix's activations (what :meth:`embed` gives from pixels)."""
+        return self.pool(suffix(activations))
+
     def groups(self) -> list[list[nn.Parameter]]:
         """Backbone parameters by block, stem first: timm's coarse ``group_matcher`` groups.
 

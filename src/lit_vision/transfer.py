@@ -154,6 +154,7 @@ class TransferClassifier(FreezeSchedule, ImageClassifier):
             "elapsed": 0.0,
         }
         self._features: dict[str, FeatureSet] = {}
+        self._prefix: dict[str, FeatureSet] = {}  # the frozen prefix's activations, per split
         self.backbone_lr = backbone_lr
         self.backbone_lr_scale = backbone_lr_scale
         self.train_bn = train_bn
@@ -180,20 +181,40 @@ class TransferClassifier(FreezeSchedule, ImageClassifier):
 
     # -- frozen-feature cache ---------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Class logits for images (NCHW), or for cached pooled features (``(N, D)``)."""
+        """Class logits for images, cached pooled features, or cached prefix activations.
+
+        Images: NCHW RGB; pooled features: ``(N, D)``; the frozen prefix's activations:
+        ``(N, C, h, w)`` float with ``C != 3``.
+        """
         if x.ndim == 2:
             return self.net.head(x.float())
+        split = self.__dict__.get("_split")
+        if split is not None and x.dtype != torch.uint8 and x.shape[1] != 3:
+            return self.net.head(self.net.embed_suffix(split[1], x))
         return super().forward(x)
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled backbone features of uint8/float images (what the head sees)."""
-        return self.net.embed(self.normalize(x))
+    def embed(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Pooled backbone features of images (what the head sees).
+
+        With a frozen prefix, its activations too (what the unfrozen blocks will see).
+        """
+        split = self.__dict__.get("_split")
+        if split is None:
+            return self.net.embed(self.normalize(x))
+        activations = split[0](self.normalize(x))
+        return self.net.embed_suffix(split[1], activations), activations
 
     def setup(self, stage: str) -> None:
-        """Reload the loaders every epoch, so the head phase can run on cached features."""
+        """Reload the loaders every epoch, and find the prefix that stays frozen.
+
+        Features are served while the backbone is frozen, so the loaders change with the phase.
+        """
         super().setup(stage)
         if stage == "fit" and self.feature_cache and self._trainer is not None:
             self.trainer.reload_dataloaders_every_n_epochs = 1
+            blocks = self.unfreeze_blocks
+            # A plain attribute: the two halves share the network's parameters, not new ones.
+            self.__dict__["_split"] = self.net.split(blocks) if isinstance(blocks, int) else None
 
     def cached_features(
         self, split: str, dataset: Dataset, augment: Any | None = None
@@ -202,7 +223,10 @@ class TransferClassifier(FreezeSchedule, ImageClassifier):
 
         Features are served during ``fit`` while the backbone is frozen (phase 0), computed
         on the first request of each split (``train`` with ``feature_views`` augmented views
-        drawn by ``augment``, ``val`` clean) and dropped once the backbone unfreezes.
+        drawn by ``augment``, ``val`` clean) and dropped once the backbone unfreezes. When only
+        the last ``unfreeze_blocks`` blocks unfreeze (EfficientNet-style backbones), the frozen
+        prefix's activations are kept from the same pass and served from then on, so a
+        fine-tuning epoch runs only the unfrozen blocks.
 
         Args:
             split: ``train`` or ``val``.
@@ -214,14 +238,14 @@ class TransferClassifier(FreezeSchedule, ImageClassifier):
         if not (self.feature_cache and fitting):
             return None
         if self.phase_for(trainer.current_epoch) != 0:
-            self._features.clear()  # the backbone trains now: cached features are stale
-            return None
+            self._features.clear()  # the backbone trains now: pooled features are stale
+            return self._prefix.get(split)  # the frozen prefix's activations are not
         if split not in self._features:
-            self._features[split] = self._compute_features(split, dataset, augment)
+            self._compute_features(split, dataset, augment)
         return self._features[split]
 
-    def _compute_features(self, split: str, dataset: Dataset, augment: Any | None) -> FeatureSet:
-        """This rank's strided shard of ``dataset``, computed once and gathered from every rank."""
+    def _compute_features(self, split: str, dataset: Dataset, augment: Any | None) -> None:
+        """Features (and prefix activations) of this rank's strided shard, gathered from all."""
         trainer = self.trainer
         views = 1 + (self.feature_views if split == "train" and augment is not None else 0)
         world, rank, n = trainer.world_size, trainer.global_rank, len(dataset)
@@ -245,22 +269,34 @@ class TransferClassifier(FreezeSchedule, ImageClassifier):
         # Seconds of one frozen forward pass per image: what sizes a fine-tuning epoch.
         passes = max(1, len(range(rank, n, world)) * views)
         self.schedule_state["forward_seconds"] = (time.perf_counter() - start) / passes
-        features = self._gather_shards(shard, n) if world > 1 else shard
+        parts = shard if isinstance(shard, list) else [shard]
+        if world > 1:
+            parts = [self._gather_shards(t, n) for t in parts]
         targets = torch.as_tensor(dataset.targets, dtype=torch.long)
+        self._features[split] = FeatureSet(parts[0], targets)
+        if len(parts) > 1:
+            self._prefix[split] = FeatureSet(parts[1], targets)
+            self.schedule_state["prefix_cached"] = True
+        size = sum(t.element_size() * t.nelement() for t in parts) / 2**20
         rank_zero_info(
             f"lit_vision: cached {split} features: {n} images x {views} view(s) x "
-            f"{features.shape[-1]} ({features.element_size() * features.nelement() / 2**20:.0f} MB)"
+            f"{parts[0].shape[-1]}"
+            + (
+                f" + frozen-prefix activations {tuple(parts[1].shape[2:])}"
+                if len(parts) > 1
+                else ""
+            )
+            + f" ({size:.0f} MB)"
         )
-        return FeatureSet(features, targets)
 
     def _gather_shards(self, shard: torch.Tensor, n: int) -> torch.Tensor:
-        """Reassemble strided shards ``rank::world`` of every rank into ``(views, n, D)``."""
+        """Reassemble strided shards ``rank::world`` of every rank into ``(views, n, ...)``."""
         world = self.trainer.world_size
         size = -(-n // world)
-        padded = torch.zeros(shard.shape[0], size, shard.shape[-1])
+        padded = shard.new_zeros(shard.shape[0], size, *shard.shape[2:])
         padded[:, : shard.shape[1]] = shard
-        gathered = self.all_gather(padded.to(self.device)).cpu()  # (world, views, size, D)
-        out = torch.empty(shard.shape[0], n, shard.shape[-1])
+        gathered = self.all_gather(padded.to(self.device)).cpu()  # (world, views, size, ...)
+        out = shard.new_empty(shard.shape[0], n, *shard.shape[2:])
         for r in range(world):
             count = len(range(r, n, world))
             out[:, r::world] = gathered[r, :, :count]
