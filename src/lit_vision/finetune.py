@@ -233,12 +233,12 @@ class FreezeSchedule:
 
         Three frozen forward passes per training image (the forward, the backward through the
         unfrozen blocks, the augmentation: a conservative sum), from the feature cache's
-        measured forward time, a sixth of that when the frozen prefix's activations are cached;
+        measured forward time, a third of that when the frozen prefix's activations are cached;
         0 when nothing was measured.
         """
         per_image = self.schedule_state.get("forward_seconds") or 0.0
         if self.schedule_state.get("prefix_cached"):
-            per_image /= 6  # only the unfrozen blocks run (forward + backward) on cached input
+            per_image /= 3  # only the unfrozen blocks run (forward + backward) on cached input
         dm = self.trainer.datamodule
         n_train = (
             len(dm.datasets["train"])
