@@ -120,6 +120,8 @@ class FreezeSchedule:
     def on_train_epoch_start(self) -> None:
         """Apply the epoch's phase and log it with the trainable parameter count."""
         phase = self.apply_phase(self.current_epoch)
+        if phase == 0 and self.schedule_state.get("head_start") is None and hasattr(self, "_clock"):
+            self.schedule_state["head_start"] = time.monotonic() - self._clock  # features are ready
         # Same on every rank; sync_dist only keeps Lightning's DDP warning quiet.
         self.log("train/phase", float(phase), on_step=False, on_epoch=True, sync_dist=True)
         self.log(
@@ -195,8 +197,10 @@ class FreezeSchedule:
 
     def _decide_head_phase(self, epoch: int) -> None:
         state = self.schedule_state
-        budget_over = self.budget_minutes is not None and state["elapsed"] > (
-            self.head_share * self.budget_minutes * 60
+        # The head gets head_share of the budget left once its features were computed.
+        start = state.get("head_start") or 0.0
+        budget_over = self.budget_minutes is not None and state["elapsed"] - start > (
+            self.head_share * max(0.0, self.budget_minutes * 60 - start)
         )
         if (
             state["bad_epochs"] < self.head_patience
