@@ -115,9 +115,18 @@ def _fit(tmp_path: Path, *extra: str) -> object:
     )
 
 
-def test_after_unfreezing_the_frozen_prefix_is_served_and_equals_the_live_path(tmp_path: Path) -> None:
-    cli = _fit(tmp_path, "--model.init_args.freeze_epochs", "2", "--trainer.max_epochs", "3",
-               "--model.init_args.unfreeze_blocks", "1")
+def test_after_unfreezing_the_frozen_prefix_is_served_and_equals_the_live_path(
+    tmp_path: Path,
+) -> None:
+    cli = _fit(
+        tmp_path,
+        "--model.init_args.freeze_epochs",
+        "2",
+        "--trainer.max_epochs",
+        "3",
+        "--model.init_args.unfreeze_blocks",
+        "1",
+    )
     model, dm = cli.model, cli.datamodule
     assert model.phase == 1 and not model._features  # pooled features dropped once unfrozen
     loader = dm.train_dataloader()
