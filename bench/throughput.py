@@ -43,6 +43,7 @@ from lit_vision.cache import decode_all
 from lit_vision.cli import LitVisionCLI, build_cli, cpu_has_native_bf16
 from lit_vision.data import ImageFolderDataModule
 from lit_vision.folders import discover_classes, list_samples
+from lit_vision.loaders import loader_workers
 from lit_vision.models import ImageClassifier
 from lit_vision.split import split_dataset
 
@@ -364,7 +365,7 @@ def phase_lit(
         samples=[per_epoch] * len(times["epoch_times"]),
         cache_build_s=cache_build_s,
         cache_load_s=cache_load_s,
-        num_workers=dm._workers(dm.datasets["train"]),
+        num_workers=loader_workers(dm.hparams.num_workers, dm.datasets["train"]),
         n_train=len(dm.datasets["train"]),
     )
     return times
