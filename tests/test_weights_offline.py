@@ -20,8 +20,6 @@ from lit_vision.weights import (
 
 ARCHS = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
 PHOTOS = {"chelsea": 285, "coffee": 967}  # Egyptian cat, espresso
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @pytest.fixture

@@ -146,7 +146,6 @@ class LitVisionCLI(LightningCLI):
             raise DataError(
                 "data.root is not set: pass --data.root ROOT (the folder with train/ and val/)"
             )
-        resolve_ckpt_last(config, self.subcommand)
         if "weights_only" in config:
             config.weights_only = True  # the trainer reloads --ckpt_path: plain data only
         if config.trainer.precision is None:

@@ -19,7 +19,6 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
@@ -130,22 +129,6 @@ def compute_features(
         for k in range(len(out[0][0]))
     ]
     return stacked[0] if single else stacked
-
-
-class DatasetImages:
-    """Gather uint8 NCHW images of a dataset by index (the decoded cache, else decoding)."""
-
-    def __init__(self, dataset: Dataset) -> None:
-        self.dataset = dataset
-
-    def __call__(self, indices: Sequence[int]) -> torch.Tensor:
-        """The images at ``indices`` as one uint8 NCHW batch (eval transform applied)."""
-        cache = getattr(self.dataset, "cache", None)
-        transform = getattr(self.dataset, "transform", None)
-        if cache is not None and (transform is None or not transform.transforms):
-            rows = np.ascontiguousarray(cache[np.asarray(indices)])
-            return torch.from_numpy(rows).permute(0, 3, 1, 2)
-        return torch.stack([self.dataset[i][0] for i in indices])
 
 
 class FeatureBatches(Dataset):

@@ -16,8 +16,9 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import Dataset
 
 from lit_vision.balance import Balance
+from lit_vision.datasets import BatchedImages
 from lit_vision.distributed import ScaleLR
-from lit_vision.features import DatasetImages, FeatureSet, compute_features
+from lit_vision.features import FeatureSet, compute_features
 from lit_vision.finetune import FreezeSchedule
 from lit_vision.models import ImageClassifier
 from lit_vision.networks import Pooling, TransferNet
@@ -147,11 +148,15 @@ class TransferClassifier(FreezeSchedule, ImageClassifier):
         self.feature_views = feature_views
         # The schedule's decisions so far; saved in checkpoints (plain values only).
         self.schedule_state: dict[str, Any] = {
-            "switch_epoch": None,
-            "switch_elapsed": 0.0,
-            "best": None,
+            "switch_epoch": None,  # the epoch the backbone unfroze (auto), None until then
+            "switch_elapsed": 0.0,  # budget seconds used when it unfroze
+            "head_start": None,  # budget seconds used when the head's first epoch started
+            "best": None,  # best monitored score so far
+            "phase_best": None,  # best score since unfreezing (fine-tuning patience)
             "bad_epochs": 0,
-            "elapsed": 0.0,
+            "elapsed": 0.0,  # budget seconds used
+            "forward_seconds": None,  # one frozen forward pass per image, measured
+            "prefix_cached": False,  # the frozen prefix's activations are served
         }
         self._features: dict[str, FeatureSet] = {}
         self._prefix: dict[str, FeatureSet] = {}  # the frozen prefix's activations, per split
@@ -255,7 +260,7 @@ class TransferClassifier(FreezeSchedule, ImageClassifier):
         with trainer.precision_plugin.forward_context():
             shard = compute_features(
                 self.embed,
-                DatasetImages(dataset),
+                lambda idx: BatchedImages(dataset).__getitems__(idx)[0],  # the loader's own gather
                 list(range(rank, n, world)),
                 views=views,
                 seed=int(getattr(trainer, "seed", 0) or 0) + 1,
@@ -277,7 +282,8 @@ class TransferClassifier(FreezeSchedule, ImageClassifier):
         if len(parts) > 1:
             self._prefix[split] = FeatureSet(parts[1], targets)
             self.schedule_state["prefix_cached"] = True
-        size = sum(t.element_size() * t.nelement() for t in parts) / 2**20
+        cached = [self._features[split], *([self._prefix[split]] if len(parts) > 1 else [])]
+        size = sum(f.nbytes() for f in cached) / 2**20
         rank_zero_info(
             f"lit_vision: cached {split} features: {n} images x {views} view(s) x "
             f"{parts[0].shape[-1]}"
