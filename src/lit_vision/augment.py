@@ -328,3 +328,30 @@ def check_pipeline(pipeline: A.Compose, size: int, key: str = "albumentations") 
             f"{key}: the pipeline must return uint8 images of the decoded size {image.shape}, "
             f"got {got} (leave out Normalize and resizing; set data.image_size instead)"
         )
+
+
+def custom_pipeline(
+    spec: Mapping[str, Any] | str | Path | None, augment: str, image_size: Any, key: str
+) -> A.Compose | None:
+    """A config's own albumentations pipeline, built and dry-run (at ``image_size`` if known).
+
+    Args:
+        spec: What :func:`load_pipeline` takes, or ``None`` (no pipeline of one's own).
+        augment: The DataModule's ``augment`` mode; the pipeline needs ``sample``.
+        image_size: The configured image size (dry-run only when it is an int).
+        key: The config key, for messages.
+
+    Raises:
+        DataError: The pipeline is given with ``augment`` not ``sample``, or it is invalid.
+    """
+    if spec is None:
+        return None
+    if augment != "sample":
+        raise DataError(
+            f"{key} is a per-image pipeline: set data.augment to "
+            "'sample' to use it ('batch' runs the built-in settings on the device)"
+        )
+    pipeline = load_pipeline(spec, key)
+    if isinstance(image_size, int):
+        check_pipeline(pipeline, image_size, key)
+    return pipeline

@@ -8,6 +8,7 @@ cache), :mod:`~lit_vision.sampling` (the resumable training order) and
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,8 +22,8 @@ from lit_vision.augment import (
     AugmentSettings,
     BatchAugment,
     check_pipeline,
+    custom_pipeline,
     eval_transforms,
-    load_pipeline,
 )
 from lit_vision.balance import Balance, balanced, per_class
 from lit_vision.cache import cached_decode, decode_all
@@ -40,6 +41,7 @@ from lit_vision.folders import (
 )
 from lit_vision.images import DEFAULT_MAX_MEGAPIXELS, ImageDecodeError
 from lit_vision.loaders import batch_loader, eval_sampler, loader_workers
+from lit_vision.mirror import hflip_verdict
 from lit_vision.sampling import EpochSampler, TrainOrder
 
 # Names other modules and scripts import from here (bench/, report.py, tests).
@@ -83,7 +85,8 @@ class ImageFolderDataModule(L.LightningDataModule):
             image and epoch, vectorised over each batch after it reaches the device (fast, and
             on the GPU when there is one). ``"sample"``: an albumentations pipeline run per
             image in the loader: the same augmentations, or ``albumentations`` when given.
-        hflip: Random horizontal flips in training.
+        hflip: Random horizontal flips in training; ``auto``: unless mirroring changes the
+            classes of the training images (signs, digits, text; :mod:`lit_vision.mirror`).
         vflip: Random vertical flips in training.
         rotate: Maximum training rotation in degrees.
         scale: Training zoom range (the same zoom on both axes).
@@ -100,10 +103,8 @@ class ImageFolderDataModule(L.LightningDataModule):
         max_megapixels: Largest image decoded, in millions of pixels; larger files are bad
             files (a decode holds the whole image in memory).
         albumentations: Any albumentations pipeline for training, run per image with
-            ``augment: sample`` instead of the built-in settings above: the mapping
-            ``A.to_dict`` returns (``{transform: {__class_fullname__: Compose, transforms:
-            [...]}}``, or the inner ``transform`` alone), or the path of a file ``A.save``
-            wrote. It must keep images uint8 at ``image_size``. Checked when the module is built.
+            ``augment: sample`` instead of the settings above: what ``A.to_dict`` returns (or
+            its ``transform``) or a file ``A.save`` wrote; uint8 out at ``image_size``.
         balance: Draw the training classes equally often (``on``; ``auto``: over 3:1), each epoch
             resampled, resumable; not with the model's ``class_weights`` (:mod:`~lit_vision.balance`).
     """
@@ -119,7 +120,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         disk_cache: bool = True,
         cache_dir: str | Path | None = None,
         augment: Literal["batch", "sample"] = "batch",
-        hflip: bool = _AUGMENT.hflip,
+        hflip: bool | Literal["auto"] = _AUGMENT.hflip,
         vflip: bool = _AUGMENT.vflip,
         rotate: float = _AUGMENT.rotate,
         scale: tuple[float, float] = _AUGMENT.scale,
@@ -144,10 +145,14 @@ class ImageFolderDataModule(L.LightningDataModule):
         if augment not in ("batch", "sample"):
             raise DataError(f"data.augment must be 'batch' or 'sample', not {augment!r}")
         try:
-            self.augment_settings = AugmentSettings.from_mapping(self.hparams)
+            # hflip auto starts off; setup("fit") decides it from the training images.
+            flips = {"hflip": bool(hflip) and hflip != "auto"}
+            self.augment_settings = AugmentSettings.from_mapping({**self.hparams, **flips})
         except ValueError as err:
             raise DataError(f"data.{err}") from None
-        self.custom_pipeline: A.Compose | None = self._load_custom_pipeline()
+        self.custom_pipeline: A.Compose | None = custom_pipeline(
+            albumentations, augment, image_size, _ALBUMENTATIONS_KEY
+        )
         self.batch_augment: BatchAugment | None = (
             self.augment_settings.batch_augment() if augment == "batch" else None
         )
@@ -159,21 +164,6 @@ class ImageFolderDataModule(L.LightningDataModule):
             self.root, self.classes, on_bad=on_bad, max_megapixels=max_megapixels
         )
         self.train_order = TrainOrder()  # seed and resume point of the training sampler
-
-    def _load_custom_pipeline(self) -> A.Compose | None:
-        """``albumentations`` built and dry-run (at ``image_size`` when known), or ``None``."""
-        spec = self.hparams.albumentations
-        if spec is None:
-            return None
-        if self.hparams.augment != "sample":
-            raise DataError(
-                f"{_ALBUMENTATIONS_KEY} is a per-image pipeline: set data.augment to "
-                "'sample' to use it ('batch' runs the built-in settings on the device)"
-            )
-        pipeline = load_pipeline(spec, _ALBUMENTATIONS_KEY)
-        if isinstance(self.hparams.image_size, int):
-            check_pipeline(pipeline, self.hparams.image_size, _ALBUMENTATIONS_KEY)
-        return pipeline
 
     @property
     def root(self) -> Path:
@@ -308,6 +298,7 @@ class ImageFolderDataModule(L.LightningDataModule):
             self._scan(stage)
         if stage == "fit":
             self._build_checked("train", train=True)
+            self._decide_hflip()
             self._build_checked("val", train=False)
             if "val" not in self.datasets:
                 raise DataError(f"no images in {self.root / 'val'}")
@@ -323,6 +314,16 @@ class ImageFolderDataModule(L.LightningDataModule):
             + ", ".join(f"{k} {len(v)} images" for k, v in self.datasets.items())
             + f", {self.num_classes} classes, {self.image_size}px"
         )
+
+    def _decide_hflip(self) -> None:
+        """``hflip: auto``: random flips unless mirroring changes the training images' classes."""
+        if self.hparams.hflip == "auto" and "train" in self.datasets:
+            verdict = hflip_verdict(self.datasets["train"], self.classes)
+            self.augment_settings = replace(self.augment_settings, hflip=verdict.hflip)
+            self.batch_augment = self.batch_augment and self.augment_settings.batch_augment()
+            if self.hparams.augment == "sample":
+                self.datasets["train"].transform = self._train_transform(self.image_size)
+            rank_zero_info(f"lit_vision data: hflip auto -> {verdict.hflip} ({verdict.reason})")
 
     def _scan(self, stage: str) -> None:
         """Scan all splits once; the splits this stage reads are decoded unless cached."""

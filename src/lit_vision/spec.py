@@ -124,7 +124,7 @@ def inference_spec(model: SpecModel, datamodule: Any = None) -> InferenceSpec:
         model: The classifier: class names, mean/std buffers, ``default_image_size``.
         datamodule: The DataModule the model was trained and validated on, or ``None``. Only
             public attributes are read: ``image_size``, ``eval_transform`` (identity when it
-            has none) and ``hparams["hflip"]``/``hparams["vflip"]``.
+            has none) and the flips it trained with (``augment_settings``, else ``hparams``).
 
     Returns:
         The spec; the input size is the DataModule's, else the model's ``default_image_size``.
@@ -132,6 +132,9 @@ def inference_spec(model: SpecModel, datamodule: Any = None) -> InferenceSpec:
     image_size = getattr(datamodule, "image_size", None) or model.default_image_size
     transform = getattr(datamodule, "eval_transform", None)
     hparams = dict(getattr(datamodule, "hparams", None) or {})
+    settings = getattr(datamodule, "augment_settings", None)  # hflip auto, as decided
+    if settings is not None:
+        hparams.update(hflip=settings.hflip, vflip=settings.vflip)
     return InferenceSpec(
         class_names=list(model.class_names),
         image_size=int(image_size) if image_size else None,
