@@ -192,6 +192,8 @@ def test_auto_schedule_switches_and_resume_keeps_the_decision(tmp_path: Path) ->
         "2",
         "--model.init_args.finetune_patience",
         "1",
+        "--model.init_args.deepen_below",
+        "null",
         "--trainer.max_epochs",
         "6",
     )
@@ -211,3 +213,60 @@ def test_auto_schedule_switches_and_resume_keeps_the_decision(tmp_path: Path) ->
     )
     fresh.on_load_checkpoint({"lit_vision_schedule": saved})
     assert fresh.phase_for(1) == 0 and fresh.phase_for(2) == 1
+
+
+def test_deepening_trains_the_whole_backbone_from_the_best_weights(tmp_path: Path) -> None:
+    from lit_vision.transfer import TransferClassifier
+
+    restored: list[float] = []
+    original = TransferClassifier._restore_best
+
+    def spy(self: TransferClassifier) -> None:
+        original(self)
+        best = getattr(self, "_best_weights", None) or {}
+        params = dict(self.net.named_parameters())
+        restored.append(max(float((params[k].detach() - v).abs().max()) for k, v in best.items()))
+
+    TransferClassifier._restore_best = spy
+    try:
+        cli = _fit(
+            tmp_path,
+            "--model.init_args.unfreeze_blocks",
+            "1",
+            "--model.init_args.head_patience",
+            "1",
+            "--model.init_args.max_head_epochs",
+            "2",
+            "--model.init_args.finetune_patience",
+            "1",
+            "--model.init_args.budget_minutes",
+            "null",
+            "--model.init_args.deepen_below",
+            "1.01",  # never reached: always deepen
+            "--model.init_args.deepen_minutes",
+            "null",
+            "--trainer.max_epochs",
+            "12",
+        )
+    finally:
+        TransferClassifier._restore_best = original
+    model, state = cli.model, cli.model.schedule_state
+    assert state["switch_epoch"] == 2
+    assert state["deepen_epoch"] is not None and state["deepen_epoch"] > state["switch_epoch"]
+    assert model.phase == 2 and model.phase_for(state["deepen_epoch"]) == 2
+    # Every backbone parameter trains, on images (the prefix's activations are gone).
+    assert all(p.requires_grad for p in model.net.features.parameters())
+    assert not model._prefix and not model._features
+    assert not isinstance(cli.datamodule.train_dataloader().dataset, FeatureBatches)
+    # Each phase started from the previous one's best weights, restored exactly.
+    assert len(restored) == 2 and max(restored) == 0.0
+    # The whole-backbone phase stops on patience; resume keeps the decision.
+    saved = torch.load(
+        next((tmp_path / "tb").rglob("last.ckpt")), map_location="cpu", weights_only=True
+    )["lit_vision_schedule"]
+    fresh = TransferClassifier(
+        3, backbone="test_efficientnet", pretrained=False, freeze_epochs="auto"
+    )
+    fresh.on_load_checkpoint({"lit_vision_schedule": saved})
+    assert fresh.phase_for(state["deepen_epoch"]) == 2
+    assert fresh.phase_for(state["deepen_epoch"] - 1) == 1

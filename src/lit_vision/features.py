@@ -69,6 +69,11 @@ def augmented_view(
         return augment(images)
 
 
+def _allocate(_: int, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """An output buffer in memory (``compute_features``' default)."""
+    return torch.empty(shape, dtype=dtype)
+
+
 def compute_features(
     embed: Callable[[torch.Tensor], torch.Tensor | tuple[torch.Tensor, ...]],
     images: Callable[[Sequence[int]], torch.Tensor],
@@ -81,6 +86,7 @@ def compute_features(
     device: torch.device,
     desc: str = "features",
     show_progress: bool = True,
+    allocate: Callable[[int, tuple[int, ...], torch.dtype], torch.Tensor] = _allocate,
 ) -> torch.Tensor | list[torch.Tensor]:
     """What ``embed`` gives for ``images(batch_indices)``, for every index and view.
 
@@ -96,12 +102,14 @@ def compute_features(
         device: Where the backbone runs.
         desc: Progress bar label.
         show_progress: Show a bar (on stderr) when there are 500 forward passes or more.
+        allocate: Makes the buffer of output ``k`` (its shape and dtype), filled as batches
+            are computed: memory by default, or a file (``lit_vision.feature_store``).
 
     Returns:
         ``(views, len(indices), ...)`` tensors on the CPU (float32 features; other outputs in
         the dtype ``embed`` gave them): one, or a list when ``embed`` returns a tuple.
     """
-    out: list[list[list[torch.Tensor]]] = [[] for _ in range(views)]
+    outputs: list[torch.Tensor] = []
     total = len(indices) * views
     bar = tqdm(
         total=total,
@@ -119,16 +127,19 @@ def compute_features(
             for v in range(views):
                 result = embed(augmented_view(pixels, v, seed, batch_idx[0], augment))
                 single = isinstance(result, torch.Tensor)
-                parts = (result,) if single else tuple(result)
-                out[v].append([parts[0].float().cpu(), *(t.cpu() for t in parts[1:])])
+                parts = [result] if single else list(result)
+                parts[0] = parts[0].float()
+                if not outputs:  # the first batch tells the shapes: one buffer per output
+                    outputs = [
+                        allocate(k, (views, len(indices), *t.shape[1:]), t.dtype)
+                        for k, t in enumerate(parts)
+                    ]
+                for buffer, part in zip(outputs, parts, strict=True):
+                    buffer[v, start : start + len(batch_idx)] = part.cpu()
                 bar.update(len(batch_idx))
     if not indices:
         return torch.empty(views, 0, 0)
-    stacked = [
-        torch.stack([torch.cat([chunk[k] for chunk in out[v]]) for v in range(views)])
-        for k in range(len(out[0][0]))
-    ]
-    return stacked[0] if single else stacked
+    return outputs[0] if single else outputs
 
 
 class FeatureBatches(Dataset):

@@ -17,7 +17,10 @@ metric has not improved for ``head_patience`` epochs (or ``max_head_epochs``, or
 ``head_share`` of ``budget_minutes``); then, unless ``unfreeze_blocks`` is 0 (head only: the run
 stops there), the best head is restored and the backbone's last blocks train at the low
 learning rate until the metric has not improved for ``finetune_patience`` epochs or the budget
-would be exceeded by one more epoch. The checkpoint callback keeps the best model throughout.
+would be exceeded by one more epoch. When that still leaves the metric below ``deepen_below``
+(the pretrained features are far from the data: small images, drawings, scans), the best weights
+are restored and the *whole* backbone trains on, for up to ``deepen_minutes``, until the metric
+has not improved for ``finetune_patience`` epochs. The checkpoint callback keeps the best model.
 The decision (the epoch the backbone was unfrozen, the best score, the patience counter) is
 saved in checkpoints, so a resumed run continues the same schedule.
 
@@ -40,6 +43,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import torch
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
@@ -63,6 +67,8 @@ class FreezeSchedule:
     finetune_patience: int
     budget_minutes: float | None
     head_share: float
+    deepen_below: float | None
+    deepen_minutes: float | None
     monitor: str
     schedule_state: dict[str, Any]
     unfreeze_blocks: int | None
@@ -73,9 +79,16 @@ class FreezeSchedule:
 
     # -- schedule ---------------------------------------------------------------------------
     def phase_for(self, epoch: int) -> int:
-        """0 (head only) or 1 (backbone too) for ``epoch``: fixed, or as decided so far (auto)."""
+        """The phase of ``epoch``: fixed, or as decided so far (auto).
+
+        0: head only; 1: the backbone too (its last ``unfreeze_blocks`` blocks); 2: the whole
+        backbone (``auto`` only, after deepening).
+        """
         if self.freeze_epochs == "auto":
-            switch = self.schedule_state["switch_epoch"]
+            state = self.schedule_state
+            switch, deepen = state["switch_epoch"], state.get("deepen_epoch")
+            if deepen is not None and epoch >= deepen:
+                return 2
             return 0 if switch is None or epoch < switch else 1
         return 0 if epoch < self.freeze_epochs else 1
 
@@ -83,7 +96,7 @@ class FreezeSchedule:
         """Backbone parameters that train in ``phase``."""
         if phase == 0 or self.unfreeze_blocks == 0:
             return []
-        if self.unfreeze_blocks is None:
+        if self.unfreeze_blocks is None or phase == 2:
             return list(self.net.features.parameters())
         return [p for g in self.net.groups()[-self.unfreeze_blocks :] for p in g]
 
@@ -179,21 +192,58 @@ class FreezeSchedule:
         if improved:
             state[key], state["bad_epochs"] = float(score), 0
             state["best"] = max(state["best"] or float(score), float(score))
-            if self.phase == 0:
-                self._best_head = {
-                    k: v.detach().clone() for k, v in self.net.head.state_dict().items()
-                }
+            self._best_weights = self._trainable_state()
         else:
             state["bad_epochs"] += 1
         epoch = self.trainer.current_epoch
         if self.phase == 0:
             self._decide_head_phase(epoch)
-        elif state[
-            "bad_epochs"
-        ] >= self.finetune_patience or self._budget_left() < self._epoch_seconds(epoch):
-            self._stop(
-                f"fine-tuning stopped after epoch {epoch} (best {self.monitor} {state['best']})"
-            )
+            return
+        stalled = state["bad_epochs"] >= self.finetune_patience
+        if self.phase == 2:
+            used = state["elapsed"] - state["deepen_elapsed"]
+            left = float("inf") if self.deepen_minutes is None else self.deepen_minutes * 60 - used
+            if stalled or left < self._epoch_seconds(epoch):
+                self._stop(
+                    f"whole-backbone fine-tuning stopped after epoch {epoch} ({self._best()})"
+                )
+        elif (stalled or self._budget_left() < self._epoch_seconds(epoch)) and not self._deepen(
+            epoch
+        ):
+            self._stop(f"fine-tuning stopped after epoch {epoch} ({self._best()})")
+
+    def _best(self) -> str:
+        return f"best {self.monitor} {self.schedule_state['best']}"
+
+    def _trainable_state(self) -> dict[str, Any]:
+        """A copy of the weights that train now (the head and the unfrozen blocks)."""
+        return {
+            name: p.detach().clone() for name, p in self.net.named_parameters() if p.requires_grad
+        }
+
+    def _restore_best(self) -> None:
+        """Put back the weights of the best epoch so far (where the next phase starts from)."""
+        best = getattr(self, "_best_weights", None)
+        if best:
+            params = dict(self.net.named_parameters())
+            with torch.no_grad():
+                for name, value in best.items():
+                    params[name].copy_(value)
+
+    def _deepen(self, epoch: int) -> bool:
+        """Unfreeze the whole backbone from the next epoch if the metric is still low."""
+        state = self.schedule_state
+        low = self.deepen_below is not None and (state["best"] or 0.0) < self.deepen_below
+        if not low or self.unfreeze_blocks is None or state.get("deepen_epoch") is not None:
+            return False
+        state["deepen_epoch"], state["deepen_elapsed"] = epoch + 1, state["elapsed"]
+        state["phase_best"], state["bad_epochs"] = None, 0
+        self._restore_best()
+        rank_zero_info(
+            f"lit_vision: {self._best()} is below deepen_below {self.deepen_below}; "
+            f"the whole backbone trains from epoch {epoch + 1}"
+        )
+        return True
 
     def _decide_head_phase(self, epoch: int) -> None:
         state = self.schedule_state
@@ -208,20 +258,22 @@ class FreezeSchedule:
             and not budget_over
         ):
             return
-        done = f"head-only training done after epoch {epoch} (best {self.monitor} {state['best']})"
+        done = f"head-only training done after epoch {epoch} ({self._best()})"
         if self.unfreeze_blocks == 0:
             self._stop(done)
             return
+        state["switch_epoch"], state["bad_epochs"] = epoch + 1, 0
+        state["switch_elapsed"] = state["elapsed"]
         if self._budget_left() < self._finetune_epoch_estimate():
+            if self._deepen(epoch):
+                return
+            state["switch_epoch"] = None
             self._stop(
                 f"{done}: a fine-tuning epoch (~{self._finetune_epoch_estimate():.0f} s) does not "
                 f"fit the {max(0.0, self._budget_left()):.0f} s left of the budget"
             )
             return
-        state["switch_epoch"], state["bad_epochs"] = epoch + 1, 0
-        state["switch_elapsed"] = state["elapsed"]
-        if getattr(self, "_best_head", None) is not None:
-            self.net.head.load_state_dict(self._best_head)  # fine-tune from the best head
+        self._restore_best()  # fine-tune from the best head
         rank_zero_info(
             f"lit_vision: head plateaued; unfreezing the backbone from epoch {epoch + 1}"
         )
@@ -256,9 +308,10 @@ class FreezeSchedule:
         state = self.schedule_state
         if state["switch_epoch"] is None:
             return 0.0
-        return (state["elapsed"] - state["switch_elapsed"]) / max(
-            1, epoch + 1 - state["switch_epoch"]
-        )
+        start, since = state["switch_epoch"], state["switch_elapsed"]
+        if state.get("deepen_epoch") is not None:
+            start, since = state["deepen_epoch"], state["deepen_elapsed"]
+        return (state["elapsed"] - since) / max(1, epoch + 1 - start)
 
     def _stop(self, why: str) -> None:
         self.trainer.should_stop = True

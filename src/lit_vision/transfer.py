@@ -18,12 +18,14 @@ from torch.utils.data import Dataset
 from lit_vision.balance import Balance
 from lit_vision.datasets import BatchedImages
 from lit_vision.distributed import ScaleLR
+from lit_vision.feature_store import FeatureStore, store_for
 from lit_vision.features import FeatureSet, compute_features
 from lit_vision.finetune import FreezeSchedule
 from lit_vision.models import ImageClassifier
 from lit_vision.networks import Pooling, TransferNet
 
 SCHEDULE_KEY = "lit_vision_schedule"
+FEATURE_BATCH = 64  # images per frozen forward pass (the views are seeded per batch)
 
 
 class TransferClassifier(FreezeSchedule, ImageClassifier):
@@ -64,6 +66,10 @@ class TransferClassifier(FreezeSchedule, ImageClassifier):
         budget_minutes: ``auto``: wall-clock budget of the whole fit; the head phase gets
             ``head_share`` of it, fine-tuning stops before an epoch that would exceed it.
         head_share: Share of ``budget_minutes`` the head phase may use.
+        deepen_below: ``auto``: when fine-tuning the last blocks leaves ``monitor`` below this,
+            the whole backbone trains on (features far from the data); ``None``: never.
+        deepen_minutes: ``auto``: the most minutes the whole backbone trains after deepening
+            (outside ``budget_minutes``); ``None``: until ``finetune_patience`` stops it.
         monitor: Validation metric the schedule follows (higher is better).
         feature_cache: Train the frozen-backbone epochs on cached features.
         feature_views: Augmented views per training image in the feature cache, besides the
@@ -104,6 +110,8 @@ class TransferClassifier(FreezeSchedule, ImageClassifier):
         finetune_patience: int = 2,
         budget_minutes: float | None = None,
         head_share: float = 0.5,
+        deepen_below: float | None = None,
+        deepen_minutes: float | None = None,
         monitor: str = "val/acc",
         feature_cache: bool = True,
         feature_views: int = 2,
@@ -143,6 +151,8 @@ class TransferClassifier(FreezeSchedule, ImageClassifier):
         self.finetune_patience = finetune_patience
         self.budget_minutes = budget_minutes
         self.head_share = head_share
+        self.deepen_below = deepen_below
+        self.deepen_minutes = deepen_minutes
         self.monitor = monitor
         self.feature_cache = feature_cache
         self.feature_views = feature_views
@@ -150,6 +160,8 @@ class TransferClassifier(FreezeSchedule, ImageClassifier):
         self.schedule_state: dict[str, Any] = {
             "switch_epoch": None,  # the epoch the backbone unfroze (auto), None until then
             "switch_elapsed": 0.0,  # budget seconds used when it unfroze
+            "deepen_epoch": None,  # the epoch the whole backbone unfroze (deepen_below)
+            "deepen_elapsed": 0.0,  # budget seconds used then
             "head_start": None,  # budget seconds used when the head's first epoch started
             "best": None,  # best monitored score so far
             "phase_best": None,  # best score since unfreezing (fine-tuning patience)
@@ -160,6 +172,7 @@ class TransferClassifier(FreezeSchedule, ImageClassifier):
         }
         self._features: dict[str, FeatureSet] = {}
         self._prefix: dict[str, FeatureSet] = {}  # the frozen prefix's activations, per split
+        self._reused: set[str] = set()  # feature-store keys loaded from an earlier run
         self.backbone_lr = backbone_lr
         self.backbone_lr_scale = backbone_lr_scale
         self.train_bn = train_bn
@@ -231,7 +244,7 @@ class TransferClassifier(FreezeSchedule, ImageClassifier):
         drawn by ``augment``, ``val`` clean) and dropped once the backbone unfreezes. When only
         the last ``unfreeze_blocks`` blocks unfreeze (EfficientNet-style backbones), the frozen
         prefix's activations are kept from the same pass and served from then on, so a
-        fine-tuning epoch runs only the unfrozen blocks.
+        fine-tuning epoch runs only the unfrozen blocks (until the whole backbone unfreezes).
 
         Args:
             split: ``train`` or ``val``.
@@ -242,7 +255,11 @@ class TransferClassifier(FreezeSchedule, ImageClassifier):
         fitting = trainer is not None and trainer.state.fn == "fit" and split in ("train", "val")
         if not (self.feature_cache and fitting):
             return None
-        if self.phase_for(trainer.current_epoch) != 0:
+        phase = self.phase_for(trainer.current_epoch)
+        if phase == 2:  # the whole backbone trains: the prefix's activations are stale too
+            self._features.clear()
+            self._prefix.clear()
+        if phase != 0:
             self._features.clear()  # the backbone trains now: pooled features are stale
             return self._prefix.get(split)  # the frozen prefix's activations are not
         if split not in self._features:
@@ -250,33 +267,21 @@ class TransferClassifier(FreezeSchedule, ImageClassifier):
         return self._features[split]
 
     def _compute_features(self, split: str, dataset: Dataset, augment: Any | None) -> None:
-        """Features (and prefix activations) of this rank's strided shard, gathered from all."""
+        """Features (and prefix activations): stored ones, else this rank's shard, gathered."""
         trainer = self.trainer
         views = 1 + (self.feature_views if split == "train" and augment is not None else 0)
         world, rank, n = trainer.world_size, trainer.global_rank, len(dataset)
-        was_training = self.training
-        self.eval()
-        start = time.perf_counter()
-        with trainer.precision_plugin.forward_context():
-            shard = compute_features(
-                self.embed,
-                lambda idx: BatchedImages(dataset).__getitems__(idx)[0],  # the loader's own gather
-                list(range(rank, n, world)),
-                views=views,
-                seed=int(getattr(trainer, "seed", 0) or 0) + 1,
-                augment=augment,
-                batch_size=64,
-                device=self.device,
-                desc=f"{split} features",
-                show_progress=rank == 0,
-            )
-        self.train(was_training)
-        # Seconds of one frozen forward pass per image: what sizes a fine-tuning epoch.
-        passes = max(1, len(range(rank, n, world)) * views)
-        self.schedule_state["forward_seconds"] = (time.perf_counter() - start) / passes
-        parts = shard if isinstance(shard, list) else [shard]
-        if world > 1:
-            parts = [self._gather_shards(t, n) for t in parts]
+        seed = int(getattr(trainer, "seed", 0) or 0) + 1
+        store = store_for(self, split, dataset, views, seed, augment, FEATURE_BATCH)
+        parts = store.load() if store is not None else None
+        if world > 1:  # every rank loads, or every rank computes its shard
+            parts = parts if trainer.strategy.reduce_boolean_decision(parts is not None) else None
+        if parts is not None:
+            self._reused.add(store.key)
+        else:
+            parts = self._run_backbone(split, dataset, views, seed, augment, store)
+            if world > 1 and store is not None and rank == 0:
+                store.save(parts)  # gathered: rank 0 writes the whole split
         targets = torch.as_tensor(dataset.targets, dtype=torch.long)
         self._features[split] = FeatureSet(parts[0], targets)
         if len(parts) > 1:
@@ -285,15 +290,66 @@ class TransferClassifier(FreezeSchedule, ImageClassifier):
         cached = [self._features[split], *([self._prefix[split]] if len(parts) > 1 else [])]
         size = sum(f.nbytes() for f in cached) / 2**20
         rank_zero_info(
-            f"lit_vision: cached {split} features: {n} images x {views} view(s) x "
+            f"lit_vision: {split} features: {n} images x {views} view(s) x "
             f"{parts[0].shape[-1]}"
             + (
                 f" + frozen-prefix activations {tuple(parts[1].shape[2:])}"
                 if len(parts) > 1
                 else ""
             )
-            + f" ({size:.0f} MB)"
+            + f" ({size:.0f} MB"
+            + (f", {store.folder / store.stem}*" if store is not None else "")
+            + (", reused)" if store is not None and store.key in self._reused else ")")
         )
+
+    def _run_backbone(
+        self,
+        split: str,
+        dataset: Dataset,
+        views: int,
+        seed: int,
+        augment: Any | None,
+        store: FeatureStore | None,
+    ) -> list[torch.Tensor]:
+        """This rank's strided shard through the frozen backbone, gathered from all ranks.
+
+        Single process with a store: written straight into its files and committed.
+        """
+        trainer = self.trainer
+        world, rank, n = trainer.world_size, trainer.global_rank, len(dataset)
+        direct = store is not None and world == 1
+        was_training = self.training
+        self.eval()
+        start = time.perf_counter()
+        try:
+            with trainer.precision_plugin.forward_context():
+                shard = compute_features(
+                    self.embed,
+                    lambda idx: BatchedImages(dataset).__getitems__(idx)[0],  # the loader's gather
+                    list(range(rank, n, world)),
+                    views=views,
+                    seed=seed,
+                    augment=augment,
+                    batch_size=FEATURE_BATCH,
+                    device=self.device,
+                    desc=f"{split} features",
+                    show_progress=rank == 0,
+                    **({"allocate": store.allocate} if direct else {}),
+                )
+        except BaseException:
+            if store is not None:
+                store.discard()
+            raise
+        self.train(was_training)
+        # Seconds of one frozen forward pass per image: what sizes a fine-tuning epoch.
+        passes = max(1, len(range(rank, n, world)) * views)
+        self.schedule_state["forward_seconds"] = (time.perf_counter() - start) / passes
+        parts = shard if isinstance(shard, list) else [shard]
+        if direct:
+            store.commit()
+        if world > 1:
+            parts = [self._gather_shards(t, n) for t in parts]
+        return parts
 
     def _gather_shards(self, shard: torch.Tensor, n: int) -> torch.Tensor:
         """Reassemble strided shards ``rank::world`` of every rank into ``(views, n, ...)``."""
