@@ -118,8 +118,8 @@ def quantize_int8(
         fp32_path: The checked fp32 ONNX file.
         int8_path: The file to write.
         calibration: ``(N, 3, S, S)`` uint8 images the activation ranges are calibrated on.
-        batch: Calibration images per onnxruntime call (its memory grows with it: peak RSS
-            1.9 GB at 8, 4.5 GB at 32 for EfficientNet-Lite0 at 224 px).
+        batch: Calibration images per onnxruntime call; its peak memory grows with it
+            (docs/results.md, R44).
 
     Returns:
         ``int8_path``, after ``onnx.checker`` accepted it.
