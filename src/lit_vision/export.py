@@ -203,14 +203,19 @@ def _calibration_root(
         raise ExportError("--int8 true quantizes the ONNX model: keep onnx in --formats")
     if not check_images:
         raise ExportError("--int8 true needs --check_images (labelled images to measure it on)")
-    if calibration_root is None:
-        hparams = read_checkpoint(ckpt, trust).get("datamodule_hyper_parameters") or {}
-        if not hparams.get("root"):
-            raise ExportError(f"{ckpt} records no data root: pass --calibration_root")
-        calibration_root = str(Path(hparams["root"]) / "train")
-    if not Path(calibration_root).is_dir():
-        raise ExportError(f"--calibration_root {calibration_root} is not a folder")
-    return Path(calibration_root)
+    if calibration_root is not None:
+        if not Path(calibration_root).is_dir():
+            raise ExportError(f"--calibration_root {calibration_root} is not a folder")
+        return Path(calibration_root)
+    hparams = read_checkpoint(ckpt, trust).get("datamodule_hyper_parameters") or {}
+    if not hparams.get("root"):
+        raise ExportError(f"{ckpt} records no data root: pass --calibration_root")
+    train = Path(hparams["root"]) / "train"
+    if not train.is_dir():
+        raise ExportError(
+            f"{train} (the checkpoint's training data) is missing: pass --calibration_root"
+        )
+    return train
 
 
 def _require_dependencies(formats: Sequence[str]) -> None:
