@@ -113,3 +113,19 @@ def test_int8_needs_onnx_check_images_and_calibration(
         err = capsys.readouterr().err
         assert err.startswith("error: ") and err.count("\n") == 1 and words in err, err
     assert not (tmp_path / "e").exists()
+
+
+def test_int8_missing_training_data_names_it(
+    ckpt: Path, tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A checkpoint from another machine: its recorded data root is not here.
+    import lit_vision.export as export
+
+    gone = {"datamodule_hyper_parameters": {"root": str(tmp_path / "gone")}}
+    monkeypatch.setattr(export, "read_checkpoint", lambda *a, **k: gone)
+    with pytest.raises(ExportError, match="--calibration_root") as err:
+        int8_export(ckpt, tree, tmp_path / "e")
+    assert str(tmp_path / "gone" / "train") in str(err.value)
+    monkeypatch.setattr(export, "read_checkpoint", lambda *a, **k: {})
+    with pytest.raises(ExportError, match="records no data root"):
+        int8_export(ckpt, tree, tmp_path / "e")
