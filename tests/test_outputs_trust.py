@@ -46,18 +46,17 @@ def test_failed_export_keeps_previous_set_success_replaces_it(
 ) -> None:
     out = tmp_path / "export"
     first = quick_export(ckpts[2], out)
-    assert first["parity_ok"] and set(first["files"]) == {"onnx", "torchscript", "safetensors"}
+    assert first["parity_ok"] and set(first["files"]) == {"onnx", "safetensors"}
     (out / "README.txt").write_text("mine\n")  # an unrelated file: never touched
     before = snapshot(out)
-    assert set(before) == {"m.onnx", "m.torchscript.pt", "m.safetensors", "m.json", "README.txt"}
+    assert set(before) == {"m.onnx", "m.safetensors", "m.json", "README.txt"}
 
     # 1) Parity fails for the 3-class model: nothing installed, failed set kept for inspection.
     real_parity = export.parity
 
     def bad_parity(*args, **kwargs):
         result = real_parity(*args, **kwargs)
-        for runtime in ("onnxruntime", "torchscript"):
-            result[runtime]["max_abs_diff_probs"] = 1.0
+        result["onnxruntime"]["max_abs_diff_probs"] = 1.0
         return result
 
     monkeypatch.setattr(export, "parity", bad_parity)
@@ -67,12 +66,7 @@ def test_failed_export_keeps_previous_set_success_replaces_it(
     assert report["failed_dir"] == str(failed)
     assert {k: v for k, v in snapshot(out).items() if not k.startswith(".failed-m")} == before
     assert json.loads((failed / "m.json").read_text())["num_classes"] == 3
-    assert {p.name for p in failed.iterdir()} == {
-        "m.onnx",
-        "m.torchscript.pt",
-        "m.safetensors",
-        "m.json",
-    }
+    assert {p.name for p in failed.iterdir()} == {"m.onnx", "m.safetensors", "m.json"}
     assert not list(out.glob(".m.export-*"))
     monkeypatch.setattr(export, "parity", real_parity)
 
@@ -92,16 +86,13 @@ def test_failed_export_keeps_previous_set_success_replaces_it(
     assert report["parity_ok"]
     after = snapshot(out)
     assert set(after) == set(before) and after["README.txt"] == before["README.txt"]
-    assert all(after[f] != before[f] for f in ("m.onnx", "m.torchscript.pt", "m.safetensors"))
+    assert all(after[f] != before[f] for f in ("m.onnx", "m.safetensors"))
     contract = json.loads(after["m.json"])
     assert contract["num_classes"] == 3 and contract["files"]["safetensors"] == "m.safetensors"
     probs = onnx_session(out / "m.onnx").run(
         ["probs"], {"images": np.zeros((1, 3, 32, 32), np.uint8)}
     )
     assert probs[0].shape == (1, 3)
-    assert torch.jit.load(str(out / "m.torchscript.pt"))(
-        torch.zeros(1, 3, 32, 32, dtype=torch.uint8)
-    )[0].shape == (1, 3)
     with safe_open(str(out / "m.safetensors"), "pt") as fh:
         assert json.loads(fh.metadata()["class_names"]) == contract["class_names"]
     assert not failed.exists() and not list(out.glob(".m.export-*"))

@@ -1,4 +1,4 @@
-"""Export a checkpoint to ONNX, TorchScript and safetensors with its preprocessing contract.
+"""Export a checkpoint to ONNX (fp32, optional int8), safetensors and, opt-in, TorchScript.
 
 Every file is written and checked in a temporary folder first; the set replaces the previous
 one only when every check passed.
@@ -17,11 +17,13 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from lit_vision.checkpoints import read_checkpoint
 from lit_vision.errors import ExportError
 from lit_vision.install import install_set, keep_failed
 from lit_vision.models import ImageClassifier
 from lit_vision.parity import Runner, benchmark, check_images_batch, parity
 from lit_vision.predict import load_classifier
+from lit_vision.quantize import Int8Settings, int8_report, int8_summary, write_int8
 from lit_vision.runtimes import (
     OUTPUT_NAMES,
     ExportWrapper,
@@ -55,6 +57,7 @@ SUFFIXES: dict[str, str] = {
     "onnx": ".onnx",
     "torchscript": ".torchscript.pt",
     "safetensors": ".safetensors",
+    "onnx_int8": ".int8.onnx",  # with --int8 true
 }
 
 
@@ -87,17 +90,21 @@ def run_export(
     check_count: int = 100,
     tolerance: float = 1e-4,
     bench: bool = False,
-    opset: int = 17,
-    dynamo: bool = False,
+    opset: int = 18,
+    dynamo: bool = True,
+    int8: bool = False,
+    calibration_root: str | None = None,
+    calibration_count: int = 256,
+    int8_min_agreement: float = 0.95,
     trust_class: list[str] | None = None,
     quiet: bool = False,
 ) -> dict[str, Any]:
-    """Export a checkpoint to ONNX/TorchScript/safetensors with a preprocessing JSON, checked.
+    """Export a checkpoint to ONNX/safetensors (TorchScript opt-in) with a preprocessing JSON.
 
-    Writes ``OUTPUT_DIR/NAME.onnx``, ``NAME.torchscript.pt``, ``NAME.safetensors`` (the
-    state dict) and ``NAME.json`` (input size, dtype, range, layout, mean/std, class names,
-    the files, parity and optional latency). Both graphs take uint8 RGB NCHW pixels (any
-    batch size) and return ``(probs, logits)``.
+    Writes ``OUTPUT_DIR/NAME.onnx``, ``NAME.safetensors`` (the state dict), optionally
+    ``NAME.torchscript.pt`` and ``NAME.int8.onnx``, and ``NAME.json`` (input size, dtype,
+    range, layout, mean/std, class names, the files, parity and optional latency). Every
+    graph takes uint8 RGB NCHW pixels (any batch size) and returns ``(probs, logits)``.
 
     The files are written into a hidden temporary folder inside ``OUTPUT_DIR`` (same
     filesystem, so renames are atomic) and checked there (ONNX checker, parity of each
@@ -112,14 +119,24 @@ def run_export(
         ckpt: Checkpoint written by ``fit``.
         output_dir: Folder for the exported files (created if missing).
         name: File stem of the exported files.
-        formats: ``onnx``, ``torchscript`` and/or ``safetensors`` (default all three).
+        formats: ``onnx``, ``safetensors`` and/or ``torchscript`` (default ``onnx`` and
+            ``safetensors``; TorchScript is deprecated in torch and only written when asked).
         check_images: Folder of real images (any depth) for the parity check; without it
             the check runs on random pixels.
         check_count: Images used for the parity check (spread over the folder).
         tolerance: Largest allowed absolute difference of probabilities vs PyTorch.
         bench: Also measure ms/image at batch 1 and 32 (PyTorch vs each runtime, CPU).
-        opset: ONNX opset.
-        dynamo: Use the dynamo-based ONNX exporter instead of the TorchScript-based one.
+        opset: ONNX opset (18 or newer with the dynamo exporter).
+        dynamo: Use torch's current (``torch.export``-based) ONNX exporter; ``false`` selects
+            the deprecated TorchScript-based one.
+        int8: Also write ``NAME.int8.onnx``, statically quantized (onnxruntime, QDQ,
+            per-channel int8 weights), and report its agreement with the fp32 model,
+            accuracy of both, latency and size on ``check_images`` (required).
+        calibration_root: Images the int8 activation ranges are calibrated on (default: the
+            training data root recorded in the checkpoint, its ``train/``).
+        calibration_count: Calibration images, drawn stratified per class with seed 0.
+        int8_min_agreement: Least top-1 agreement of int8 with fp32 on ``check_images`` for
+            the set to be installed.
         trust_class: Import paths of your own model classes the checkpoint may name besides
             lit_vision's (checkpoints are data: any other class path is refused).
         quiet: Print nothing.
@@ -129,13 +146,18 @@ def run_export(
         ``failed_dir`` is set when it did not and nothing was installed).
 
     Raises:
-        ExportError: ``output_dir`` (or a folder above it) is a file, or ``name`` has folders.
+        ExportError: ``output_dir`` (or a folder above it) is a file, ``name`` has folders,
+            or ``int8`` lacks what it needs (ONNX, check images, calibration images).
     """
-    formats = list(dict.fromkeys(formats or ["onnx", "torchscript", "safetensors"]))
+    formats = list(dict.fromkeys(formats or ["onnx", "safetensors"]))
     out_dir = Path(output_dir)
     # Before loading anything: a wrong destination is a one-line error, not a late traceback.
-    _check_destination(out_dir, name, formats)
+    _check_destination(out_dir, name, formats + (["onnx_int8"] if int8 else []))
     _require_dependencies(formats)
+    settings = None
+    if int8:
+        root = _calibration_root(ckpt, formats, check_images, calibration_root, trust_class or ())
+        settings = Int8Settings(root, calibration_count, int8_min_agreement)
     model, spec = load_classifier(ckpt, device="cpu", trust_class=trust_class or ())
     model.float()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -153,14 +175,47 @@ def run_export(
             bench=bench,
             opset=opset,
             dynamo=dynamo,
+            int8=settings,
         )
         _finish(report, staging, out_dir, name)
     finally:
         # After a rename the folder is gone (no-op); after an exception this drops the partial set.
         shutil.rmtree(staging, ignore_errors=True)
     if not quiet:
-        _print_report(report, out_dir, name, _stale_files(out_dir, name, formats), tolerance)
+        written = formats + (["onnx_int8"] if int8 else [])
+        _print_report(report, out_dir, name, _stale_files(out_dir, name, written), tolerance)
     return report
+
+
+def _calibration_root(
+    ckpt: str,
+    formats: Sequence[str],
+    check_images: str | None,
+    calibration_root: str | None,
+    trust: Sequence[str],
+) -> Path:
+    """Check what ``--int8`` needs before any work; the calibration folder it will use.
+
+    Raises:
+        ExportError: No ONNX format, no ``--check_images``, or no calibration folder.
+    """
+    if "onnx" not in formats:
+        raise ExportError("--int8 true quantizes the ONNX model: keep onnx in --formats")
+    if not check_images:
+        raise ExportError("--int8 true needs --check_images (labelled images to measure it on)")
+    if calibration_root is not None:
+        if not Path(calibration_root).is_dir():
+            raise ExportError(f"--calibration_root {calibration_root} is not a folder")
+        return Path(calibration_root)
+    hparams = read_checkpoint(ckpt, trust).get("datamodule_hyper_parameters") or {}
+    if not hparams.get("root"):
+        raise ExportError(f"{ckpt} records no data root: pass --calibration_root")
+    train = Path(hparams["root"]) / "train"
+    if not train.is_dir():
+        raise ExportError(
+            f"{train} (the checkpoint's training data) is missing: pass --calibration_root"
+        )
+    return train
 
 
 def _require_dependencies(formats: Sequence[str]) -> None:
@@ -225,6 +280,8 @@ def _print_report(
     for bs, row in (report.get("latency_ms_per_image") or {}).items():
         if isinstance(row, dict):
             print(f"{bs}: " + ", ".join(f"{k} {v:.3f} ms/image" for k, v in row.items()))
+    if "int8" in report:
+        print(int8_summary(report["int8"]))
     if report["parity_ok"]:
         print(f"exported {', '.join(report['files'].values())} + {name}.json -> {out_dir}")
         if stale:
@@ -252,23 +309,50 @@ def _export_into(
     bench: bool,
     opset: int,
     dynamo: bool,
+    int8: Int8Settings | None,
 ) -> dict[str, Any]:
     """Write each format's file into ``folder`` and check it; return the report (no JSON yet)."""
     report = preprocessing_contract(spec)
     report["files"] = {}
     runners = _write_formats(model, spec, folder, name, formats, report, opset, dynamo)
-    images, source = _parity_images(spec, check_images, check_count)
+    images, labels, source = _parity_images(spec, check_images, check_count)
     # ``parity`` is looked up here at call time (tests replace it to simulate a failure).
     result = parity(model, runners, images)
     result["source"] = source
     result["tolerance"] = tolerance
     report["parity"] = result
     report["parity_ok"] = all(result[n]["max_abs_diff_probs"] <= tolerance for n in runners)
+    if int8 is not None:
+        report["int8"] = _add_int8(folder, name, spec, int8, runners["onnxruntime"], images, labels)
+        report["files"]["onnx_int8"] = f"{name}.int8.onnx"
+        report["parity_ok"] &= report["int8"]["top1_agreement_vs_fp32"] >= int8.min_agreement
     if bench:
         report["latency_ms_per_image"] = benchmark(model, runners, images)
         report["latency_ms_per_image"]["threads"] = torch.get_num_threads()
         report["latency_ms_per_image"]["cpu_count"] = os.cpu_count()
     return report
+
+
+def _add_int8(
+    folder: Path,
+    name: str,
+    spec: InferenceSpec,
+    settings: Int8Settings,
+    fp32: Runner,
+    images: np.ndarray,
+    labels: list[str | None],
+) -> dict[str, Any]:
+    """Write ``NAME.int8.onnx`` beside the fp32 file and measure it against it on ``images``."""
+    fp32_path, int8_path = folder / f"{name}.onnx", folder / f"{name}.int8.onnx"
+    calibration = write_int8(fp32_path, int8_path, spec, settings)
+    session = onnx_session(int8_path)
+
+    def int8_run(b: np.ndarray) -> np.ndarray:
+        return session.run([OUTPUT_NAMES[0]], {INPUT_NAME: b})[0]
+
+    sizes = (fp32_path.stat().st_size, int8_path.stat().st_size)
+    measured = int8_report(fp32, int8_run, images, labels, spec, sizes)
+    return {**measured, "min_agreement": settings.min_agreement, "calibration": calibration}
 
 
 def _write_formats(
@@ -319,13 +403,14 @@ def _torchscript_runner(path: Path) -> Runner:
 
 def _parity_images(
     spec: InferenceSpec, check_images: str | None, check_count: int
-) -> tuple[np.ndarray, str]:
-    """The parity check's uint8 NCHW images (real ones, or seeded random pixels) and a label."""
+) -> tuple[np.ndarray, list[str | None], str]:
+    """The parity check's uint8 NCHW images (real or seeded random), their labels, a source."""
     if check_images:
-        images, _ = check_images_batch(spec, check_images, check_count)
-        return images, f"{len(images)} real images from {check_images}"
+        images, labels = check_images_batch(spec, check_images, check_count)
+        return images, labels, f"{len(images)} real images from {check_images}"
     rng = np.random.default_rng(0)
     images = rng.integers(
         0, 256, (check_count, 3, spec.image_size, spec.image_size), dtype=np.uint8
     )
-    return images, f"{check_count} random-pixel images (pass --check_images for real ones)"
+    source = f"{check_count} random-pixel images (pass --check_images for real ones)"
+    return images, [None] * check_count, source

@@ -21,7 +21,7 @@ Runner = Callable[[np.ndarray], np.ndarray]
 
 def check_images_batch(
     spec: InferenceSpec, folder: str | Path, count: int
-) -> tuple[np.ndarray, list[str]]:
+) -> tuple[np.ndarray, list[str | None]]:
     """Up to ``count`` readable images spread evenly over a folder's sorted files, decoded.
 
     Args:
@@ -30,7 +30,8 @@ def check_images_batch(
         count: Most images to take.
 
     Returns:
-        ``(N, 3, S, S)`` uint8 pixels, preprocessed exactly as ``predict`` does, and their paths.
+        ``(N, 3, S, S)`` uint8 pixels, preprocessed exactly as ``predict`` does, and their
+        labels (the class folder they sit in, as ``predict`` labels them; ``None`` elsewhere).
 
     Raises:
         FileNotFoundError: No readable image in ``folder``.
@@ -38,18 +39,18 @@ def check_images_batch(
     files, _ = collect_inputs([folder], spec.class_names)
     if count < len(files):
         files = [files[int(i)] for i in np.linspace(0, len(files) - 1, count)]
-    arrays, paths = [], []
+    arrays, labels = [], []
     for f in files:
         img, _ = decode_file(f.path, spec.image_size, spec.transform)
         if img is not None:
             arrays.append(img.transpose(2, 0, 1))
-            paths.append(f.path)
+            labels.append(f.label)
     if not arrays:
         raise FileNotFoundError(f"no readable images in {folder} for the parity check")
-    return np.ascontiguousarray(np.stack(arrays)), paths
+    return np.ascontiguousarray(np.stack(arrays)), labels
 
 
-def _batched(fn: Runner, x: np.ndarray, bs: int = 32) -> np.ndarray:
+def batched(fn: Runner, x: np.ndarray, bs: int = 32) -> np.ndarray:
     """``fn`` applied to ``x`` in batches of ``bs``, concatenated."""
     return np.concatenate([fn(x[i : i + bs]) for i in range(0, len(x), bs)])
 
@@ -71,10 +72,10 @@ def parity(
     """
     wrapper = ExportWrapper(model).eval()
     with torch.inference_mode():
-        ref = _batched(lambda b: wrapper(torch.from_numpy(b))[0].numpy(), images)
+        ref = batched(lambda b: wrapper(torch.from_numpy(b))[0].numpy(), images)
     out: dict[str, Any] = {"images": len(images)}
     for name, run in runners.items():
-        got = _batched(run, images)
+        got = batched(run, images)
         out[name] = {
             "max_abs_diff_probs": float(np.abs(got - ref).max()),
             "top1_agreement": float(np.mean(got.argmax(1) == ref.argmax(1))),
@@ -82,10 +83,20 @@ def parity(
     return out
 
 
-def _latency(
+def latency(
     fn: Callable[[np.ndarray], Any], batch: np.ndarray, min_time: float = 1.0, min_runs: int = 5
 ) -> float:
-    """Median seconds per call after two warm-up calls."""
+    """Median seconds per call of ``fn(batch)`` after two warm-up calls.
+
+    Args:
+        fn: The runtime.
+        batch: Its input.
+        min_time: Keep timing for at least this many seconds.
+        min_runs: And at least this many calls.
+
+    Returns:
+        The median wall time of one call, in seconds.
+    """
     for _ in range(2):
         fn(batch)
     times: list[float] = []
@@ -120,12 +131,25 @@ def benchmark(
         with torch.inference_mode():
             return wrapper(torch.from_numpy(b))[0].numpy()
 
+    return runtime_latency({"pytorch": torch_run, **runners}, images, batch_sizes)
+
+
+def runtime_latency(
+    runners: dict[str, Runner], images: np.ndarray, batch_sizes: Sequence[int] = (1, 32)
+) -> dict[str, dict[str, float]]:
+    """Milliseconds per image of each runtime at each batch size (CPU, median of repeats).
+
+    Args:
+        runners: Each runtime by name.
+        images: ``(N, 3, S, S)`` uint8 pixels, repeated to fill larger batches.
+        batch_sizes: Batch sizes to time.
+
+    Returns:
+        ``{"batchB": {RUNTIME: ms, ...}}``.
+    """
     results: dict[str, dict[str, float]] = {}
     for bs in batch_sizes:
         reps = int(np.ceil(bs / len(images)))
         batch = np.ascontiguousarray(np.concatenate([images] * reps)[:bs])
-        row = {"pytorch": _latency(torch_run, batch) / bs * 1e3}
-        for name, run in runners.items():
-            row[name] = _latency(run, batch) / bs * 1e3
-        results[f"batch{bs}"] = row
+        results[f"batch{bs}"] = {n: latency(run, batch) / bs * 1e3 for n, run in runners.items()}
     return results

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -38,42 +37,43 @@ class ExportWrapper(nn.Module):
 
 
 def export_onnx(
-    wrapper: ExportWrapper, path: Path, image_size: int, *, opset: int = 17, dynamo: bool = False
+    wrapper: ExportWrapper, path: Path, image_size: int, *, opset: int = 18, dynamo: bool = True
 ) -> Path:
     """Write an ONNX file with a dynamic batch axis.
 
-    The legacy TorchScript-based exporter (``dynamo=False``) is the default: for these
-    plain CNN/timm graphs it needs no extra dependencies and gives a single self-contained
-    file; the dynamo exporter is available with ``dynamo=True``.
+    The default is torch's current exporter (``torch.export`` + onnxscript, ``dynamo=True``;
+    the batch axis is a ``torch.export.Dim``), writing one self-contained file.
+    ``dynamo=False`` selects the legacy TorchScript-based exporter, deprecated in torch 2.9+:
+    kept for graphs the new one cannot capture, and its deprecation warning is shown.
 
     Args:
         wrapper: The graph to export.
         path: The ``.onnx`` file to write.
         image_size: Side of the (square) input.
-        opset: ONNX opset.
-        dynamo: Use the dynamo-based exporter.
+        opset: ONNX opset (18 or newer for the dynamo exporter).
+        dynamo: Use the dynamo-based exporter (default); ``False`` for the legacy one.
 
     Returns:
         ``path``, after ``onnx.checker`` accepted it.
     """
+    # Batch 2, not 1: an example of size 1 would specialise the batch axis to a constant.
     example = torch.zeros(2, 3, image_size, image_size, dtype=torch.uint8)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # deprecation chatter of the legacy exporter
-        kwargs: dict[str, Any] = {
-            "input_names": [INPUT_NAME],
-            "output_names": list(OUTPUT_NAMES),
-            "opset_version": opset,
-            "dynamo": dynamo,
+    kwargs: dict[str, Any] = {
+        "input_names": [INPUT_NAME],
+        "output_names": list(OUTPUT_NAMES),
+        "opset_version": opset,
+        "dynamo": dynamo,
+    }
+    if dynamo:
+        kwargs["dynamic_shapes"] = {"images": {0: torch.export.Dim("batch", min=1, max=4096)}}
+        kwargs["external_data"] = False  # one file, weights inside (models here are < 2 GB)
+        kwargs["verbose"] = False  # no progress lines on stdout
+    else:
+        kwargs["dynamic_axes"] = {
+            INPUT_NAME: {0: "batch"},
+            **{n: {0: "batch"} for n in OUTPUT_NAMES},
         }
-        if dynamo:
-            kwargs["dynamic_shapes"] = {"images": {0: torch.export.Dim("batch", min=1, max=4096)}}
-            kwargs["external_data"] = False
-        else:
-            kwargs["dynamic_axes"] = {
-                INPUT_NAME: {0: "batch"},
-                **{n: {0: "batch"} for n in OUTPUT_NAMES},
-            }
-        torch.onnx.export(wrapper, (example,), str(path), **kwargs)
+    torch.onnx.export(wrapper, (example,), str(path), **kwargs)
     import onnx
 
     onnx.checker.check_model(str(path))
@@ -81,7 +81,10 @@ def export_onnx(
 
 
 def export_torchscript(wrapper: ExportWrapper, path: Path, image_size: int) -> Path:
-    """Write a traced TorchScript file (loads with ``torch.jit.load``, no lit_vision needed).
+    """Write a traced TorchScript file (opt-in: TorchScript is deprecated in torch 2.9+).
+
+    Loads with ``torch.jit.load``, no lit_vision needed. torch's deprecation warnings of
+    ``torch.jit.trace``/``torch.jit.load`` are shown, not silenced.
 
     Args:
         wrapper: The graph to trace.
@@ -96,8 +99,7 @@ def export_torchscript(wrapper: ExportWrapper, path: Path, image_size: int) -> P
     # is attached unless the module is flagged as being scripted (as ``to_torchscript`` does).
     wrapper.model._jit_is_scripting = True
     try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
+        with torch.no_grad():
             traced = torch.jit.trace(wrapper, example, check_trace=False)
             traced = torch.jit.freeze(traced.eval())
     finally:

@@ -1,4 +1,4 @@
-"""``lit-vision export``: ONNX/TorchScript/safetensors files and the preprocessing contract."""
+"""``lit-vision export``: ONNX (fp32, optional int8), safetensors and the preprocessing contract."""
 
 from __future__ import annotations
 
