@@ -223,6 +223,8 @@ def store_for(
         "views": views,
         "seed": seed if views > 1 else None,  # the clean view needs no draws
         "batch": batch_size if views > 1 else None,
+        # Under DDP each rank draws its strided shard's views: other draws than one process.
+        "world": model.trainer.world_size if views > 1 else None,
         "augment": augment_desc,
         "precision": str(model.trainer.precision),
         "device": model.device.type,
