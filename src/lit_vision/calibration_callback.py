@@ -89,12 +89,23 @@ class TemperatureCalibration(Callback):
             self._draw(trainer, summary)
 
     def _gather(self, pl_module: L.LightningModule) -> tuple[torch.Tensor, torch.Tensor]:
-        z = torch.cat(self._logits) if self._logits else torch.zeros(0, 0)
+        classes = int(getattr(pl_module, "num_classes", 0) or 0)
+        if self._logits:
+            classes = self._logits[0].shape[1]
+        z = torch.cat(self._logits) if self._logits else torch.zeros(0, classes)
         y = torch.cat(self._targets) if self._targets else torch.zeros(0, dtype=torch.long)
-        if pl_module.trainer.world_size > 1:  # equal shards: DistributedSampler pads them
-            z = pl_module.all_gather(z.to(pl_module.device)).flatten(0, 1).cpu()
-            y = pl_module.all_gather(y.to(pl_module.device)).flatten(0, 1).cpu()
-        return z, y
+        if pl_module.trainer.world_size == 1:
+            return z, y
+        # Evaluation shards are uneven (no repeated samples): pad to the longest, gather, trim.
+        device = pl_module.device
+        longest = int(pl_module.all_gather(torch.tensor(len(z), device=device)).max())
+        pad = longest - len(z)
+        z = torch.cat([z, torch.zeros(pad, z.shape[1])]).to(device)
+        y = torch.cat([y, torch.full((pad,), -1, dtype=torch.long)]).to(device)
+        z = pl_module.all_gather(z).flatten(0, 1).cpu()
+        y = pl_module.all_gather(y).flatten(0, 1).cpu()
+        keep = y >= 0
+        return z[keep], y[keep]
 
     def _draw(self, trainer: L.Trainer, summary: dict[str, Any]) -> None:
         # trainer.log_dir broadcasts from rank 0: every rank must ask, before the rank check.
