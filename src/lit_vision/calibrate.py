@@ -91,8 +91,13 @@ def logits_of(
 
 def save_checkpoint(ckpt: dict[str, Any], output: Path, overwrite: bool) -> None:
     """Write ``ckpt`` to a hidden file beside ``output``, then rename it there (atomic)."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
+    except OSError as err:  # e.g. a read-only folder beside a shared checkpoint
+        raise OutputExistsError(
+            f"--output {output}: cannot write there ({err.strerror}); give another --output"
+        ) from None
     os.close(fd)
     try:
         torch.save(ckpt, tmp)
