@@ -107,6 +107,8 @@ def test_ddp_two_cpu_processes_match_single_process(
     # The run report's confusion matrix is synced over both ranks: every image counted once.
     report = json.loads((run / "report.json").read_text())
     assert report["evaluation"]["val"]["images"] == 15
+    # The temperature was fitted on the logits of both ranks' uneven shards (8 + 7), once each.
+    assert report["calibration"]["images"] == 15
     assert report["evaluation"]["val"]["accuracy"] == pytest.approx(ddp_acc, abs=1e-6)
     assert _event_scalars(run, "perf/train_images_per_sec")[-1] > 0  # one timer, all ranks
     assert round(ddp_acc * 15) == pytest.approx(ddp_acc * 15, abs=1e-4), "val/acc is not k/15"

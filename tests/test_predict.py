@@ -172,7 +172,8 @@ def test_hflip_tta_averages_mirror(trained: tuple[Path, Path], tmp_path: Path) -
 
     img = torch.from_numpy(load_image(tta.rows[0].path, spec.image_size)).permute(2, 0, 1)[None]
     with torch.no_grad():
-        mirror = model(img.flip(-1)).softmax(1)[0].numpy()
+        # The checkpoint's calibration temperature (fitted in fit) applies to each view.
+        mirror = (model(img.flip(-1)) / spec.temperature).softmax(1)[0].numpy()
     np.testing.assert_allclose(tta.rows[0].probs, (plain.rows[0].probs + mirror) / 2, atol=1e-6)
     # auto: no flips in training -> no TTA
     auto = run_predict(
@@ -211,3 +212,16 @@ def test_predict_user_errors(
     assert main(["predict", "--ckpt", str(tmp_path / "junk.ckpt"), "--input", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "junk.ckpt" in err and err.count("\n") == 1
+
+
+def test_progress_bar_only_on_a_terminal_for_long_inputs(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from lit_vision.progress import progress_bar
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    assert not progress_bar(300, "predicting").disable
+    assert progress_bar(300, "predicting", enabled=False).disable  # --progress false
+    assert progress_bar(10, "predicting").disable  # short: no flicker
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
+    assert progress_bar(300, "predicting").disable  # logs, pipes, CI

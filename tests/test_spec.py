@@ -70,8 +70,12 @@ def test_checkpoint_entry_keeps_its_format_and_round_trips() -> None:
         "eval_transform",
         "input",
         "train_flips",
+        # Added within format 1: readers that ignore them get the plain softmax.
+        "temperature",
+        "calibration",
     ]
     assert entry["format"] == 1 and entry["image_size"] == 32
+    assert entry["temperature"] == 1.0 and entry["calibration"] == {}  # never calibrated
     assert entry["input"] == {
         "dtype": "uint8",
         "range": [0, 255],
@@ -86,6 +90,8 @@ def test_checkpoint_entry_keeps_its_format_and_round_trips() -> None:
         == 64
     )
     assert InferenceSpec.from_checkpoint({}, model, spec.model_class).image_size is None
+    old = {k: v for k, v in entry.items() if k not in ("temperature", "calibration")}
+    assert InferenceSpec.from_checkpoint(old, model, spec.model_class).temperature == 1.0
 
 
 def test_export_contract_comes_from_the_same_spec() -> None:

@@ -16,6 +16,7 @@ from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCL
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 
+from lit_vision.calibration_callback import TemperatureCalibration
 from lit_vision.checkpoints import read_checkpoint, sanitize_for_cli
 from lit_vision.distributed import RunSummary, ScaleLR
 from lit_vision.errors import CheckpointError, DataError
@@ -84,6 +85,7 @@ class LitVisionCLI(LightningCLI):
         parser.set_defaults({"lr_monitor.logging_interval": None})
         parser.add_lightning_class_args(InsightCallback, "insight")
         parser.add_lightning_class_args(RunSummary, "run_summary")
+        parser.add_lightning_class_args(TemperatureCalibration, "calibration")
         parser.add_argument(
             "--scale_lr",
             type=ScaleLR,

@@ -54,7 +54,7 @@ class WorstMistakes:
         self.items = sorted(self.items, key=lambda w: -w[0])[: self.k]
 
 
-class _LogitsTap:
+class LogitsTap:
     """Keeps the module's last forward output, for steps that do not return ``{"logits": ...}``."""
 
     def __init__(self) -> None:
@@ -98,7 +98,7 @@ class EvalCollector:
 
     def __init__(self, worst_k: int) -> None:
         self.worst_k = worst_k
-        self._tap = _LogitsTap()
+        self._tap = LogitsTap()
         self._confusion: MulticlassConfusionMatrix | None = None
         self._worst: WorstMistakes | None = None
 
@@ -174,6 +174,7 @@ def log_figures(
     cm: np.ndarray,
     names: Sequence[str],
     worst: WorstMistakes | None,
+    model: torch.nn.Module | None = None,
 ) -> None:
     """Log the confusion matrix (and the worst-mistakes grid) as ``STAGE/...`` images.
 
@@ -185,6 +186,8 @@ def log_figures(
         cm: ``cm[true, pred]`` counts.
         names: Class names in label order.
         worst: The worst mistakes, or ``None`` for no grid.
+        model: The classifier: each grid image gets its Grad-CAM overlay of the predicted
+            class beside it (none for models Grad-CAM cannot explain).
     """
     figs = {f"{stage}/confusion_matrix": figures.confusion_matrix_figure(cm, names, title)}
     if worst is not None:
@@ -196,6 +199,7 @@ def log_figures(
             [x[4] for x in w],
             names,
             f"{title}: {len(w)} worst misclassified (true / predicted, confidence)",
+            worst_heatmaps(model, w) if model is not None else None,
         )
     for tag, fig in figs.items():
         for logger in loggers:
@@ -236,3 +240,21 @@ def weak_classes(
                 }
             )
     return sorted(weak, key=lambda w: w["recall"])
+
+
+def worst_heatmaps(model: torch.nn.Module, items: Sequence[tuple]) -> list[np.ndarray] | None:
+    """Grad-CAM overlays of the predicted class for ``WorstMistakes.items`` (``None``: cannot)."""
+    from lit_vision.gradcam import ExplainError, heatmaps, overlay
+
+    if not items:
+        return None
+    images = torch.from_numpy(np.stack([x[1] for x in items])).to(next(model.parameters()).device)
+    was_training = model.training
+    model.eval()
+    try:
+        cams = heatmaps(model, images, [x[3] for x in items])
+    except ExplainError:
+        return None
+    finally:
+        model.train(was_training)
+    return [overlay(x[1], cam, min_side=1) for x, cam in zip(items, cams, strict=True)]

@@ -348,6 +348,7 @@ class InsightCallback(Callback):
                 cm,
                 names,
                 worst if self.worst_k > 0 else None,
+                pl_module,
             )
 
     def _finish(self, trainer: L.Trainer, pl_module: L.LightningModule, status: str) -> None:
@@ -368,6 +369,8 @@ class InsightCallback(Callback):
         r.setdefault("environment", environment_info())
         self._dataset_and_throughput(trainer)
         r["model"] = model_info(pl_module)
+        if getattr(pl_module, "calibration", None):  # set by TemperatureCalibration
+            r["calibration"] = {"temperature": pl_module.temperature, **pl_module.calibration}
         if isinstance(trainer.checkpoint_callback, ModelCheckpoint):
             r["checkpoints"] = checkpoint_info(
                 trainer.checkpoint_callback, r.get("checkpoints", {})

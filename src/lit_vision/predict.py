@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -15,10 +16,12 @@ import numpy as np
 import torch
 
 from lit_vision.checkpoints import CheckpointError, model_class, model_kwargs, read_checkpoint
-from lit_vision.errors import OutputExistsError
+from lit_vision.errors import ConfigError, OutputExistsError
+from lit_vision.explain import OverlayWriter
 from lit_vision.inputs import InputFile, collect_inputs, decode_file
 from lit_vision.models import ImageClassifier
 from lit_vision.predictions import Prediction, PredictResult, check_output, write_csv
+from lit_vision.progress import progress_bar
 from lit_vision.spec import CHECKPOINT_KEY, InferenceSpec
 
 # Re-exported: callers and tests import these from here.
@@ -44,6 +47,15 @@ __all__ = [
 ]
 
 TTA = Literal["none", "hflip", "auto"]
+# --precision -> the autocast dtype (None: float32, no autocast).
+PRECISIONS: dict[str, torch.dtype | None] = {
+    "32": None,
+    "32-true": None,
+    "bf16": torch.bfloat16,
+    "bf16-mixed": torch.bfloat16,
+    "16": torch.float16,
+    "16-mixed": torch.float16,
+}
 
 
 # Constructor arguments that would load pretrained weights (TransferClassifier's), turned off
@@ -155,12 +167,46 @@ def resolve_tta(tta: TTA, spec: InferenceSpec) -> str:
     return tta
 
 
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """The forward pass's precision: ``32`` (float32), ``bf16`` or ``16`` (autocast).
+
+    Raises:
+        ConfigError: Any other value (one line naming ``--precision``).
+    """
+    if precision not in PRECISIONS:
+        raise ConfigError(
+            f"--precision {precision!r}: choose one of {', '.join(sorted(PRECISIONS))}"
+        )
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
 @torch.inference_mode()
-def predict_probs(model: ImageClassifier, batch: torch.Tensor, tta: str = "none") -> torch.Tensor:
-    """Class probabilities for a uint8 NCHW batch, optionally averaged over horizontal flips."""
-    probs = model(batch).float().softmax(dim=1)
-    if tta == "hflip":
-        probs = (probs + model(batch.flip(-1)).float().softmax(dim=1)) / 2
+def predict_probs(
+    model: ImageClassifier,
+    batch: torch.Tensor,
+    tta: str = "none",
+    *,
+    temperature: float = 1.0,
+    precision: str = "32",
+) -> torch.Tensor:
+    """Class probabilities ``softmax(logits / temperature)`` for a uint8 NCHW batch.
+
+    Args:
+        model: The classifier (eval mode).
+        batch: uint8 RGB images.
+        tta: ``hflip`` averages the probabilities of the image and its mirror.
+        temperature: The checkpoint's calibration temperature (1.0: plain softmax).
+        precision: ``32``, ``bf16`` or ``16`` (see :func:`autocast`).
+    """
+    with autocast(batch.device, precision):
+        logits = model(batch).float()
+        mirrored = model(batch.flip(-1)).float() if tta == "hflip" else None
+    probs = (logits / temperature).softmax(dim=1)
+    if mirrored is not None:
+        probs = (probs + (mirrored / temperature).softmax(dim=1)) / 2
     return probs
 
 
@@ -172,18 +218,25 @@ def predict_files(
     batch_size: int = 64,
     tta: str = "none",
     workers: int | None = None,
+    precision: str = "32",
+    show_progress: bool = False,
+    explain: OverlayWriter | None = None,
 ) -> PredictResult:
     """Decode and classify files in batches; unreadable files become rows with the reason.
 
     Decoding runs in a thread pool one batch ahead of the model (PIL releases the GIL).
+    Probabilities use the spec's calibration temperature.
 
     Args:
         model: The classifier (eval mode).
-        spec: Its inference contract (input size, eval transform, class names).
+        spec: Its inference contract (input size, eval transform, class names, temperature).
         files: The files to classify.
         batch_size: Images per forward pass.
         tta: ``none`` or ``hflip`` (see ``predict_probs``).
         workers: Decode threads; default ``min(8, cpu count)``.
+        precision: ``32``, ``bf16`` or ``16``.
+        show_progress: A progress bar on stderr (only on a terminal, for long inputs).
+        explain: Writes a Grad-CAM overlay of the predicted class per readable file.
 
     Returns:
         One row per file, in order.
@@ -191,7 +244,8 @@ def predict_files(
     device = next(model.parameters()).device
     rows: list[Prediction] = []
     workers = workers or min(8, os.cpu_count() or 1)
-    with ThreadPoolExecutor(workers) as pool:
+    bar = progress_bar(len(files), "predicting", enabled=show_progress)
+    with ThreadPoolExecutor(workers) as pool, bar:
 
         def submit(chunk: Sequence[InputFile]) -> list[Future]:
             return [
@@ -203,7 +257,9 @@ def predict_files(
         for i, chunk in enumerate(chunks):
             decoded = [fut.result() for fut in pending]
             pending = submit(chunks[i + 1]) if i + 1 < len(chunks) else []
-            rows += _classify_chunk(model, chunk, decoded, device, tta)
+            mode = (tta, spec.temperature, precision)
+            rows += _classify_chunk(model, chunk, decoded, device, mode, explain, len(rows))
+            bar.update(len(chunk))
     return PredictResult(rows, list(spec.class_names), tta)
 
 
@@ -212,14 +268,22 @@ def _classify_chunk(
     chunk: Sequence[InputFile],
     decoded: list[tuple[np.ndarray | None, str | None]],
     device: torch.device,
-    tta: str,
+    mode: tuple[str, float, str],
+    explain: OverlayWriter | None,
+    first_row: int,
 ) -> list[Prediction]:
     """Rows for one chunk: probabilities for the decoded files, the reason for the others."""
+    tta, temperature, precision = mode
     ok = [j for j, (img, _) in enumerate(decoded) if img is not None]
     probs = None
     if ok:
         batch = torch.from_numpy(np.stack([decoded[j][0] for j in ok])).permute(0, 3, 1, 2)
-        probs = predict_probs(model, batch.to(device), tta).cpu().numpy()
+        batch = batch.to(device)
+        probs = predict_probs(model, batch, tta, temperature=temperature, precision=precision)
+        probs = probs.cpu().numpy()
+        if explain is not None:
+            paths = [chunk[j].path for j in ok]
+            explain.write(model, [first_row + j for j in ok], paths, batch, probs.argmax(1))
     where = {j: k for k, j in enumerate(ok)}
     rows = []
     for j, f in enumerate(chunk):
@@ -243,6 +307,10 @@ def run_predict(
     overwrite: bool = False,
     trust_class: Sequence[str] = (),
     quiet: bool = False,
+    min_confidence: float = 0.0,
+    explain: str | Path | None = None,
+    precision: str = "32",
+    progress: bool = True,
 ) -> PredictResult:
     """Predict every file under ``inputs`` with the checkpoint and write the CSV.
 
@@ -256,21 +324,34 @@ def run_predict(
         batch_size: Images per forward pass.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         image_size: Override for checkpoints that record no input size.
-        overwrite: Replace an existing ``output`` (otherwise refused before any work).
+        overwrite: Replace an existing ``output`` (otherwise refused before any work), and
+            write into a non-empty ``explain`` folder.
         trust_class: Your own model classes the checkpoint may name (see ``load_classifier``).
         quiet: Print nothing.
+        min_confidence: Rows whose (calibrated) top probability is below this say ``unknown``.
+        explain: Folder for one Grad-CAM overlay PNG per readable image (``ROW_STEM.png``).
+        precision: ``32``, ``bf16`` or ``16`` for the forward pass.
+        progress: A progress bar on stderr for long inputs (only on a terminal).
 
     Returns:
         The predictions; ``accuracy`` is set when inputs sit in ``CLASS/`` folders.
 
     Raises:
-        OutputExistsError: ``output`` is a folder, or exists and ``overwrite`` is false.
+        OutputExistsError: ``output`` is a folder, or exists and ``overwrite`` is false; or
+            ``explain`` is a file or a non-empty folder without ``overwrite``.
+        ConfigError: ``min_confidence`` outside [0, 1] or an unknown ``precision``.
     """
     # Fail fast: a taken output path is known before the model loads or any image decodes.
     check_output(output, overwrite)
+    if not 0.0 <= min_confidence <= 1.0:
+        raise ConfigError(f"--min_confidence {min_confidence} must be between 0 and 1")
+    writer = OverlayWriter(explain, overwrite) if explain else None
     model, spec = load_classifier(
         ckpt, image_size=image_size, device=resolve_device(device), trust_class=trust_class
     )
+    autocast(resolve_device(device), precision)  # an unknown precision fails before decoding
+    if writer is not None:
+        writer.check_model(model)
     files, notes = collect_inputs(inputs, spec.class_names)
     mode = resolve_tta(tta, spec)
     if mode == "hflip" and not spec.train_flips.get("hflip") and not quiet:
@@ -279,24 +360,38 @@ def run_predict(
             file=sys.stderr,
         )
     start = time.perf_counter()
-    result = predict_files(model, spec, files, batch_size=batch_size, tta=mode)
+    result = predict_files(
+        model,
+        spec,
+        files,
+        batch_size=batch_size,
+        tta=mode,
+        precision=precision,
+        show_progress=progress and not quiet,
+        explain=writer,
+    )
+    result.min_confidence = min_confidence
     seconds = time.perf_counter() - start
     path = write_csv(result, output, topk, overwrite=overwrite)
     if not quiet:
         for note in notes:
             print(f"note: {note}", file=sys.stderr)
-        _print_summary(result, seconds, path, mode, spec.image_size)
+        _print_summary(result, seconds, path, mode, spec)
+        if writer is not None:
+            print(f"{writer.written} Grad-CAM overlay(s) -> {writer.folder}")
     return result
 
 
 def _print_summary(
-    result: PredictResult, seconds: float, path: Path, mode: str, image_size: int
+    result: PredictResult, seconds: float, path: Path, mode: str, spec: InferenceSpec
 ) -> None:
-    """Print the throughput, the unreadable count and the accuracy with its standard error."""
+    """Print the throughput, unreadable and unknown counts, and accuracy with its standard error."""
     n = len(result.rows)
+    calibrated = f", temperature {spec.temperature:.3f}" if spec.temperature != 1.0 else ""
     print(
         f"predicted {n - result.n_unreadable}/{n} files in {seconds:.1f} s "
-        f"({n / max(seconds, 1e-9):.0f} files/s) -> {path} (tta {mode}, {image_size}px)"
+        f"({n / max(seconds, 1e-9):.0f} files/s) -> {path} "
+        f"(tta {mode}, {spec.image_size}px{calibrated})"
     )
     if result.n_unreadable:
         print(f"{result.n_unreadable} unreadable file(s), listed with status=error and the reason")
@@ -304,3 +399,13 @@ def _print_summary(
         m = len(result.labelled)
         se = math.sqrt(result.accuracy * (1 - result.accuracy) / m)
         print(f"accuracy {result.accuracy:.4f} (+/- {se:.4f}) on {m} labelled images")
+    if result.min_confidence > 0:
+        readable = n - result.n_unreadable
+        print(
+            f"{result.n_unknown}/{readable} readable file(s) below --min_confidence "
+            f"{result.min_confidence:g} labelled unknown"
+        )
+        acc, k = result.selective_accuracy
+        if acc is not None:
+            se = math.sqrt(acc * (1 - acc) / k)
+            print(f"accuracy {acc:.4f} (+/- {se:.4f}) on the {k} labelled images not unknown")

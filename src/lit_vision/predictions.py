@@ -13,6 +13,9 @@ import numpy as np
 
 from lit_vision.errors import OutputExistsError
 
+# The ``pred`` of a row whose top probability is below ``--min_confidence``.
+UNKNOWN = "unknown"
+
 
 @dataclass
 class Prediction:
@@ -26,11 +29,36 @@ class Prediction:
 
 @dataclass
 class PredictResult:
-    """Predictions for every input file, and accuracy over the labelled readable ones."""
+    """Predictions for every input file, and accuracy over the labelled readable ones.
+
+    Rows whose top probability is below ``min_confidence`` are *unknown*: the CSV says
+    ``unknown`` instead of guessing, and ``selective_accuracy`` counts only the others.
+    """
 
     rows: list[Prediction]
     class_names: list[str]
     tta: str
+    min_confidence: float = 0.0
+
+    def is_unknown(self, row: Prediction) -> bool:
+        """A readable row whose top probability is below ``min_confidence``."""
+        return row.probs is not None and float(np.max(row.probs)) < self.min_confidence
+
+    @property
+    def n_unknown(self) -> int:
+        """Readable files labelled unknown (below ``min_confidence``)."""
+        return sum(self.is_unknown(r) for r in self.rows)
+
+    @property
+    def selective_accuracy(self) -> tuple[float | None, int]:
+        """Top-1 accuracy over labelled readable files that are not unknown, and their count."""
+        index = {c: i for i, c in enumerate(self.class_names)}
+        hits = [
+            int(np.argmax(r.probs)) == index[r.label]
+            for r in self.labelled
+            if not self.is_unknown(r)
+        ]
+        return (float(np.mean(hits)) if hits else None), len(hits)
 
     @property
     def n_unreadable(self) -> int:
@@ -99,14 +127,18 @@ def _csv_header(k: int) -> list[str]:
     return [*header, "error"]
 
 
-def _csv_row(r: Prediction, names: list[str], k: int) -> list[Any]:
-    """One file's CSV row: the top ``k`` classes, or the reason it could not be read."""
+def _csv_row(r: Prediction, names: list[str], k: int, unknown: bool = False) -> list[Any]:
+    """One file's CSV row: the top ``k`` classes, or the reason it could not be read.
+
+    An ``unknown`` row says ``unknown`` as its ``pred`` (its ``correct`` is empty: no guess was
+    made); its top classes are still listed.
+    """
     true = r.label or ""
     if r.probs is None:
         return [r.path, "error", "", "", true, ""] + ["", ""] * k + [r.error]
     order = np.argsort(-r.probs, kind="stable")[:k]
-    pred = names[order[0]]
-    correct = "" if r.label is None else int(pred == r.label)
+    pred = UNKNOWN if unknown else names[order[0]]
+    correct = "" if r.label is None or unknown else int(pred == r.label)
     tops: list[Any] = []
     for j in order:
         tops += [names[j], f"{r.probs[j]:.6f}"]
@@ -118,8 +150,8 @@ def write_csv(
 ) -> Path:
     """Write one row per input file.
 
-    Columns: ``path, status`` (``ok``/``error``), ``pred, prob`` (top class and its
-    probability), ``true, correct`` (empty outside labelled folders), ``top1, top1_prob ...
+    Columns: ``path, status`` (``ok``/``error``), ``pred, prob`` (top class, or ``unknown``
+    below ``result.min_confidence``, and the top probability), ``true, correct`` (empty outside labelled folders), ``top1, top1_prob ...
     topK, topK_prob`` and ``error`` (why an unreadable file could not be read).
 
     The rows go to a uniquely named hidden file in the same folder, renamed onto ``output``
@@ -147,7 +179,7 @@ def write_csv(
             writer = csv.writer(fh)
             writer.writerow(_csv_header(k))
             for r in result.rows:
-                writer.writerow(_csv_row(r, result.class_names, k))
+                writer.writerow(_csv_row(r, result.class_names, k, result.is_unknown(r)))
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, _new_file_mode())

@@ -41,3 +41,25 @@ def progress(
             disable=not enabled or total < MIN_FILES,
         )
     )
+
+
+def progress_bar(total: int, desc: str, *, enabled: bool = True, min_items: int = 256) -> tqdm:
+    """A tqdm bar on stderr to ``update(n)`` by hand; shown only on a terminal for long passes.
+
+    Args:
+        total: Items the pass will count.
+        desc: What the pass does.
+        enabled: ``False`` never shows a bar (``--progress false``, quiet mode).
+        min_items: Shorter passes get no bar.
+
+    Returns:
+        The bar (a no-op when hidden); use it as a context manager.
+    """
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit="img",
+        leave=False,
+        file=sys.stderr,
+        disable=not enabled or total < min_items or not sys.stderr.isatty(),
+    )

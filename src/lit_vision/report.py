@@ -370,7 +370,34 @@ def _weak_line(ev: dict[str, Any]) -> str:
     )
 
 
-SECTIONS = (_header, _environment, _dataset, _timing, _model, _metrics, _evaluation)
+def _calibration(r: dict[str, Any]) -> list[str]:
+    cal = r.get("calibration")
+    if not cal:
+        return []
+    return [
+        "## Calibration (temperature scaling on val)",
+        "",
+        f"The checkpoints record temperature T = {_fmt(cal.get('temperature'))}, fitted on "
+        f"{cal.get('images')} validation images; `predict` reports softmax(logits / T). "
+        f"Expected calibration error ({cal.get('bins')} bins): {_fmt(cal.get('ece_before'))} "
+        f"before, {_fmt(cal.get('ece_after'))} after; NLL {_fmt(cal.get('nll_before'))} -> "
+        f"{_fmt(cal.get('nll_after'))}.",
+        "",
+        "![reliability diagram](reliability.png)",
+        "",
+    ]
+
+
+SECTIONS = (
+    _header,
+    _environment,
+    _dataset,
+    _timing,
+    _model,
+    _metrics,
+    _calibration,
+    _evaluation,
+)
 
 
 def render_markdown(r: dict[str, Any]) -> str:

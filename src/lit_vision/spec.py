@@ -18,6 +18,7 @@ import albumentations as A
 import torch
 
 from lit_vision.augment import eval_transforms
+from lit_vision.errors import CheckpointError
 
 # The checkpoint entry that holds ``InferenceSpec.to_checkpoint()``.
 CHECKPOINT_KEY = "lit_vision"
@@ -50,6 +51,9 @@ class InferenceSpec:
         transform: Eval pipeline applied after decoding and resizing (uint8 HWC).
         model_class: Import path of the LightningModule class.
         train_flips: Flips used in training (``hflip``/``vflip``), which decide ``tta="auto"``.
+        temperature: Softmax temperature fitted on validation (``lit_vision.calibration``):
+            calibrated ``probs = softmax(logits / temperature)``; 1.0 when never calibrated.
+        calibration: How the temperature was fitted (split, images, ECE before/after), or empty.
     """
 
     class_names: list[str]
@@ -59,6 +63,8 @@ class InferenceSpec:
     transform: A.Compose
     model_class: str
     train_flips: dict[str, bool] = field(default_factory=dict)
+    temperature: float = 1.0
+    calibration: dict[str, Any] = field(default_factory=dict)
 
     def to_checkpoint(self) -> dict[str, Any]:
         """The checkpoint's ``lit_vision`` entry (format 1): plain JSON-able data only."""
@@ -81,6 +87,9 @@ class InferenceSpec:
                 "hflip": bool(self.train_flips.get("hflip", False)),
                 "vflip": bool(self.train_flips.get("vflip", False)),
             },
+            # Additive to format 1: readers that ignore it get the uncalibrated softmax.
+            "temperature": float(self.temperature),
+            "calibration": dict(self.calibration),
         }
 
     @classmethod
@@ -114,7 +123,23 @@ class InferenceSpec:
             transform=transform,
             model_class=model_class,
             train_flips=dict(meta.get("train_flips") or {}),
+            temperature=read_temperature(meta),
+            calibration=dict(meta.get("calibration") or {}),
         )
+
+
+def read_temperature(meta: Mapping[str, Any]) -> float:
+    """The checkpoint entry's ``temperature`` (1.0 when absent).
+
+    Raises:
+        CheckpointError: Not a finite positive number.
+    """
+    t = meta.get("temperature", 1.0)
+    if t is None:
+        return 1.0
+    if isinstance(t, bool) or not isinstance(t, int | float) or not 0 < t < float("inf"):
+        raise CheckpointError(f"checkpoint lit_vision.temperature = {t!r} is not a positive number")
+    return float(t)
 
 
 def inference_spec(model: SpecModel, datamodule: Any = None) -> InferenceSpec:
@@ -146,6 +171,8 @@ def inference_spec(model: SpecModel, datamodule: Any = None) -> InferenceSpec:
             "hflip": bool(hparams.get("hflip", False)),
             "vflip": bool(hparams.get("vflip", False)),
         },
+        temperature=float(getattr(model, "temperature", 1.0)),
+        calibration=dict(getattr(model, "calibration", None) or {}),
     )
 
 
@@ -186,4 +213,8 @@ def preprocessing_contract(spec: InferenceSpec) -> dict[str, Any]:
             "probs": "softmax class probabilities, (batch, num_classes), float32",
             "logits": "raw class scores, (batch, num_classes), float32",
         },
+        # The graph is not calibrated; callers apply the temperature, as predict does.
+        "temperature": float(spec.temperature),
+        "calibrated_probs": "softmax(logits / temperature): the confidences predict reports "
+        "(temperature fitted on the validation split; 1.0 = not calibrated)",
     }

@@ -21,6 +21,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "lit_vision.commands.predict",
         "checkpoint + folders/files -> CSV of top-k predictions",
     ),
+    "calibrate": (
+        "lit_vision.commands.calibrate",
+        "checkpoint + ROOT/val -> checkpoint with a fitted softmax temperature (ECE)",
+    ),
     "export": (
         "lit_vision.commands.export",
         "checkpoint -> ONNX + TorchScript + safetensors + JSON contract",

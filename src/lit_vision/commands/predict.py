@@ -23,11 +23,16 @@ def predict(
     device: str = "auto",
     image_size: int | None = None,
     trust_class: list[str] | None = None,
+    min_confidence: float = 0.0,
+    explain: str | None = None,
+    precision: str = "32",
+    progress: bool = True,
 ) -> int:
     """Predict every file under folders (any depth) or given files; one CSV row per file.
 
     Unreadable files get a row with the reason. Files under ``FOLDER/CLASS/`` named like the
-    model's classes are labelled and the accuracy is printed.
+    model's classes are labelled and the accuracy is printed. Probabilities are calibrated
+    with the checkpoint's temperature (``lit-vision calibrate``; 1.0 when it has none).
 
     Args:
         ckpt: Checkpoint (.ckpt) written by fit.
@@ -41,6 +46,12 @@ def predict(
         image_size: Input side, only for checkpoints that do not record one.
         trust_class: Import paths of your own model classes the checkpoint may name (you
             vouch for that code); by default only lit_vision's classes are rebuilt.
+        min_confidence: Rows whose top probability is below this say "unknown" instead of
+            guessing; the summary gives their count and the accuracy of the others.
+        explain: Folder for a Grad-CAM overlay PNG per image (ROW_STEM.png, ROW = CSV row
+            from 0): where the evidence for the predicted class is.
+        precision: Forward pass precision: 32, bf16 or 16 (autocast).
+        progress: Progress bar on stderr for long inputs (never when stderr is not a terminal).
     """
     run_predict(
         ckpt,
@@ -53,6 +64,10 @@ def predict(
         image_size=image_size,
         overwrite=overwrite,
         trust_class=trust_class or (),
+        min_confidence=min_confidence,
+        explain=explain,
+        precision=str(precision),
+        progress=progress,
     )
     return 0
 
