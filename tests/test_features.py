@@ -270,3 +270,32 @@ def test_deepening_trains_the_whole_backbone_from_the_best_weights(tmp_path: Pat
     fresh.on_load_checkpoint({"lit_vision_schedule": saved})
     assert fresh.phase_for(state["deepen_epoch"]) == 2
     assert fresh.phase_for(state["deepen_epoch"] - 1) == 1
+
+
+def test_deepen_blocks_limits_what_trains_after_deepening() -> None:
+    from lit_vision.transfer import TransferClassifier
+
+    model = TransferClassifier(
+        3,
+        backbone="test_efficientnet",
+        pretrained=False,
+        freeze_epochs="auto",
+        unfreeze_blocks=1,
+        deepen_below=0.9,
+        deepen_blocks=2,
+    )
+    groups = model.net.groups()
+    model.schedule_state.update(switch_epoch=1, deepen_epoch=3)
+    trains = [
+        [all(p.requires_grad for p in g) for g in groups]
+        for epoch in range(4)
+        if model.apply_phase(epoch) is not None
+    ]
+    n = len(groups)
+    assert trains[0] == [False] * n  # head only
+    assert trains[1] == trains[2] == [False] * (n - 1) + [True]  # the last block
+    assert trains[3] == [False] * (n - 2) + [True, True]  # the last two after deepening
+    # Not deeper than the first fine-tuning: no deepening at all.
+    model.deepen_blocks = 1
+    model.schedule_state.update(deepen_epoch=None, best=0.5)
+    assert model._deepen(5) is False

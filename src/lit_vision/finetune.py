@@ -19,7 +19,8 @@ stops there), the best head is restored and the backbone's last blocks train at 
 learning rate until the metric has not improved for ``finetune_patience`` epochs or the budget
 would be exceeded by one more epoch. When that still leaves the metric below ``deepen_below``
 (the pretrained features are far from the data: small images, drawings, scans), the best weights
-are restored and the *whole* backbone trains on, for up to ``deepen_minutes``, until the metric
+are restored and the whole backbone (or its last ``deepen_blocks`` blocks) trains on, for up to
+``deepen_minutes``, until the metric
 has not improved for ``finetune_patience`` epochs. The checkpoint callback keeps the best model.
 The decision (the epoch the backbone was unfrozen, the best score, the patience counter) is
 saved in checkpoints, so a resumed run continues the same schedule.
@@ -68,6 +69,7 @@ class FreezeSchedule:
     budget_minutes: float | None
     head_share: float
     deepen_below: float | None
+    deepen_blocks: int | None
     deepen_minutes: float | None
     monitor: str
     schedule_state: dict[str, Any]
@@ -96,8 +98,11 @@ class FreezeSchedule:
         """Backbone parameters that train in ``phase``."""
         if phase == 0 or self.unfreeze_blocks == 0:
             return []
-        if self.unfreeze_blocks is None or phase == 2:
+        deep = getattr(self, "deepen_blocks", None)
+        if self.unfreeze_blocks is None or (phase == 2 and deep is None):
             return list(self.net.features.parameters())
+        if phase == 2:
+            return [p for g in self.net.groups()[-deep:] for p in g]
         return [p for g in self.net.groups()[-self.unfreeze_blocks :] for p in g]
 
     def apply_phase(self, epoch: int) -> int:
@@ -234,14 +239,18 @@ class FreezeSchedule:
         """Unfreeze the whole backbone from the next epoch if the metric is still low."""
         state = self.schedule_state
         low = self.deepen_below is not None and (state["best"] or 0.0) < self.deepen_below
-        if not low or self.unfreeze_blocks is None or state.get("deepen_epoch") is not None:
+        deeper = self.unfreeze_blocks is not None and (
+            self.deepen_blocks is None or self.deepen_blocks > self.unfreeze_blocks
+        )
+        if not low or not deeper or state.get("deepen_epoch") is not None:
             return False
         state["deepen_epoch"], state["deepen_elapsed"] = epoch + 1, state["elapsed"]
         state["phase_best"], state["bad_epochs"] = None, 0
         self._restore_best()
+        what = "all" if self.deepen_blocks is None else f"the last {self.deepen_blocks}"
         rank_zero_info(
             f"lit_vision: {self._best()} is below deepen_below {self.deepen_below}; "
-            f"the whole backbone trains from epoch {epoch + 1}"
+            f"{what} backbone blocks train from epoch {epoch + 1}"
         )
         return True
 

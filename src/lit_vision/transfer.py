@@ -68,6 +68,8 @@ class TransferClassifier(FreezeSchedule, ImageClassifier):
         head_share: Share of ``budget_minutes`` the head phase may use.
         deepen_below: ``auto``: when fine-tuning the last blocks leaves ``monitor`` below this,
             the whole backbone trains on (features far from the data); ``None``: never.
+        deepen_blocks: ``auto``: the last N backbone blocks that train after deepening
+            (``None``: all of them; the stem's high-resolution layers cost the most backward).
         deepen_minutes: ``auto``: the most minutes the whole backbone trains after deepening
             (outside ``budget_minutes``); ``None``: until ``finetune_patience`` stops it.
         monitor: Validation metric the schedule follows (higher is better).
@@ -111,6 +113,7 @@ class TransferClassifier(FreezeSchedule, ImageClassifier):
         budget_minutes: float | None = None,
         head_share: float = 0.5,
         deepen_below: float | None = None,
+        deepen_blocks: int | None = None,
         deepen_minutes: float | None = None,
         monitor: str = "val/acc",
         feature_cache: bool = True,
@@ -152,6 +155,7 @@ class TransferClassifier(FreezeSchedule, ImageClassifier):
         self.budget_minutes = budget_minutes
         self.head_share = head_share
         self.deepen_below = deepen_below
+        self.deepen_blocks = deepen_blocks
         self.deepen_minutes = deepen_minutes
         self.monitor = monitor
         self.feature_cache = feature_cache
