@@ -299,3 +299,20 @@ def test_deepen_blocks_limits_what_trains_after_deepening() -> None:
     model.deepen_blocks = 1
     model.schedule_state.update(deepen_epoch=None, best=0.5)
     assert model._deepen(5) is False
+
+
+def test_small_inputs_run_fp32_inside_cpu_bf16_autocast(tmp_path: Path) -> None:
+    from lit_vision.transfer import BF16_MIN_SIDE
+
+    args = ("--trainer.precision", "bf16-mixed", "--trainer.max_epochs", "2")
+    args += ("--model.init_args.freeze_epochs", "1", "--model.init_args.unfreeze_blocks", "1")
+    cli = _fit(tmp_path, *args)  # 32 px
+    model = cli.model
+    assert BF16_MIN_SIDE > 32 and model.__dict__["_fp32"]
+    assert model._prefix["train"].features.dtype == torch.float32  # computed in fp32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+        assert model(images).dtype == torch.float32
+    model.__dict__["_fp32"] = False  # large inputs: the trainer's autocast applies
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model(images).dtype == torch.bfloat16

@@ -227,6 +227,7 @@ def store_for(
         "world": model.trainer.world_size if views > 1 else None,
         "augment": augment_desc,
         "precision": str(model.trainer.precision),
+        "fp32_inside": bool(model.__dict__.get("_fp32")),
         "device": model.device.type,
     }
     return FeatureStore(folder, f"{split}-{model.hparams.backbone}", description)

@@ -25,6 +25,9 @@ from lit_vision.models import ImageClassifier
 from lit_vision.networks import Pooling, TransferNet
 
 SCHEDULE_KEY = "lit_vision_schedule"
+# Below this input side, CPU bf16 autocast trains an EfficientNet slower than fp32 (the dtype
+# reorders cost more than the small convolutions save): docs/results.md R37.
+BF16_MIN_SIDE = 128
 FEATURE_BATCH = 64  # images per frozen forward pass (the views are seeded per batch)
 
 
@@ -206,8 +209,15 @@ class TransferClassifier(FreezeSchedule, ImageClassifier):
         """Class logits for images, cached pooled features, or cached prefix activations.
 
         Images: NCHW RGB; pooled features: ``(N, D)``; the frozen prefix's activations:
-        ``(N, C, h, w)`` float with ``C != 3``.
+        ``(N, C, h, w)`` float with ``C != 3``. Small inputs run in fp32 even inside the
+        trainer's CPU bf16 autocast (``BF16_MIN_SIDE``).
         """
+        if self.__dict__.get("_fp32"):
+            with torch.autocast("cpu", enabled=False):
+                return self._logits(x.float() if x.is_floating_point() else x)
+        return self._logits(x)
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim == 2:
             return self.net.head(x.float())
         split = self.__dict__.get("_split")
@@ -220,6 +230,12 @@ class TransferClassifier(FreezeSchedule, ImageClassifier):
 
         With a frozen prefix, its activations too (what the unfrozen blocks will see).
         """
+        if self.__dict__.get("_fp32"):
+            with torch.autocast("cpu", enabled=False):
+                return self._embed(x)
+        return self._embed(x)
+
+    def _embed(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         split = self.__dict__.get("_split")
         if split is None:
             return self.net.embed(self.normalize(x))
@@ -232,11 +248,30 @@ class TransferClassifier(FreezeSchedule, ImageClassifier):
         Features are served while the backbone is frozen, so the loaders change with the phase.
         """
         super().setup(stage)
+        self._choose_cpu_precision()
         if stage == "fit" and self.feature_cache and self._trainer is not None:
             self.trainer.reload_dataloaders_every_n_epochs = 1
             blocks = self.unfreeze_blocks
             # A plain attribute: the two halves share the network's parameters, not new ones.
             self.__dict__["_split"] = self.net.split(blocks) if isinstance(blocks, int) else None
+
+    def _choose_cpu_precision(self) -> None:
+        """Inputs under ``BF16_MIN_SIDE`` px run in fp32 inside the trainer's CPU bf16 autocast."""
+        trainer = self._trainer
+        size = getattr(trainer.datamodule, "image_size", None) if trainer is not None else None
+        fp32 = (
+            trainer is not None
+            and str(trainer.precision).startswith("bf16")
+            and self.device.type == "cpu"
+            and size is not None
+            and size < BF16_MIN_SIDE
+        )
+        if fp32 and not self.__dict__.get("_fp32"):
+            rank_zero_info(
+                f"lit_vision: {size} px inputs run in fp32 (CPU bf16 is slower below "
+                f"{BF16_MIN_SIDE} px)"
+            )
+        self.__dict__["_fp32"] = fp32
 
     def cached_features(
         self, split: str, dataset: Dataset, augment: Any | None = None
