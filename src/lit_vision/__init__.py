@@ -23,6 +23,7 @@ _EXPORTS = {
     "ImageDataset": "lit_vision.data",
     "ImageFolderDataModule": "lit_vision.data",
     "SimpleCNN": "lit_vision.networks",
+    "StreamingImageDataModule": "lit_vision.streaming_data",
     "TransferClassifier": "lit_vision.transfer",
     "TransferNet": "lit_vision.networks",
     "WarmupCosineLR": "lit_vision.schedulers",
