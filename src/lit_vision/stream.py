@@ -108,11 +108,15 @@ def read_meta(split_location: str) -> dict[str, Any]:
     return meta
 
 
-def _encode(item: tuple[str, int, int, float]) -> dict[str, Any]:
-    """One sample for ``litdata.optimize``: the decoded uint8 image and its label."""
-    path, label, size, max_megapixels = item
+def _encode(item: tuple[int, str, int, int, float]) -> dict[str, Any]:
+    """One sample for ``litdata.optimize``: the decoded uint8 image, its label and its index.
+
+    The index (the file's position in the split's sorted listing) lets a run check which
+    samples each rank saw (bench/scale.py: every sample exactly once per epoch).
+    """
+    index, path, label, size, max_megapixels = item
     image = load_image(path, size, max_megapixels=max_megapixels)
-    return {"image": np.ascontiguousarray(image), "label": int(label)}
+    return {"image": np.ascontiguousarray(image), "label": int(label), "index": int(index)}
 
 
 def optimize_tree(
@@ -149,7 +153,7 @@ def optimize_tree(
         target = join(output, split)
         litdata.optimize(
             fn=_encode,
-            inputs=[(p, t, image_size, max_megapixels) for p, t in samples],
+            inputs=[(i, p, t, image_size, max_megapixels) for i, (p, t) in enumerate(samples)],
             output_dir=target,
             chunk_bytes=chunk_bytes,
             compression=compression,
