@@ -132,34 +132,34 @@ def time_loader(args: argparse.Namespace) -> dict[str, float]:
     return out
 
 
-def ddp_once(stream: str, world: int = 2) -> None:
+def ddp_once(stream: str, drop_last: bool, world: int = 2) -> None:
     """Stream one shuffled epoch in ``world`` gloo processes; check each sample is seen once."""
     import torch.multiprocessing as mp
 
     out = Path(f"/tmp/lv_scale/ddp_once_{os.getpid()}")
     out.mkdir(parents=True, exist_ok=True)
-    mp.spawn(_ddp_worker, args=(world, stream, str(out)), nprocs=world, join=True)
+    mp.spawn(_ddp_worker, args=(world, stream, str(out), drop_last), nprocs=world, join=True)
     seen = [np.load(out / f"rank{r}.npy") for r in range(world)]
     allseen = np.concatenate(seen)
     n = int(json.loads(Path(stream, "index.json").read_text())["lit_vision"]["images"])
     counts = np.bincount(allseen, minlength=n)
     print(json.dumps({
-        "world": world, "images": n, "per_rank": [len(s) for s in seen],
+        "world": world, "drop_last": drop_last, "images": n, "per_rank": [len(s) for s in seen],
         "seen_once": int((counts == 1).sum()), "seen_twice_or_more": int((counts > 1).sum()),
         "not_seen": int((counts == 0).sum()),
         "ranks_disjoint": len(set(seen[0].tolist()) & set(seen[1].tolist())) == 0,
     }))  # fmt: skip
 
 
-def _ddp_worker(rank: int, world: int, stream: str, out: str) -> None:
+def _ddp_worker(rank: int, world: int, stream: str, out: str, drop_last: bool) -> None:
     import torch.distributed as dist
     from litdata import StreamingDataLoader, StreamingDataset
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29531")
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     dist.init_process_group("gloo", rank=rank, world_size=world)
-    # The settings StreamingImageDataModule uses for evaluation (drop_last off): every sample.
-    ds = StreamingDataset(stream, shuffle=True, drop_last=False, seed=0)
+    # StreamingImageDataModule's settings: training drops the ragged tail, evaluation does not.
+    ds = StreamingDataset(stream, shuffle=True, drop_last=drop_last, seed=0)
     loader = StreamingDataLoader(ds, batch_size=256, num_workers=1)
     seen = [batch["index"].numpy() for batch in loader]
     np.save(Path(out) / f"rank{rank}.npy", np.concatenate(seen))
@@ -186,13 +186,14 @@ def main() -> None:
     t.add_argument("--cache_dir", default="/tmp/lv_scale/cache")
     d = sub.add_parser("ddp-once")
     d.add_argument("--stream", required=True)
+    d.add_argument("--drop_last", action="store_true", help="training's setting")
     args = parser.parse_args()
     if args.cmd == "build":
         build(args.src, args.dst, args.variants, args.val_fraction)
     elif args.cmd == "loader":
         print(json.dumps(time_loader(args)))
     else:
-        ddp_once(args.stream)
+        ddp_once(args.stream, args.drop_last)
     sys.stdout.flush()
 
 

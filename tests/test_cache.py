@@ -94,3 +94,23 @@ def test_batch_augment_flip_is_exact_and_range_kept() -> None:
     full = BatchAugment(rotate=10, scale=(0.9, 1.1), translate=0.1, shear=5, color_jitter=0.3)(x)
     assert full.shape == f.shape and full.dtype == torch.float32
     assert float(full.min()) >= 0 and float(full.max()) <= 1 and not torch.allclose(full, f)
+
+
+def test_training_loader_is_stateful_and_restores_its_position(tmp_path: Path) -> None:
+    from lightning.fabric.utilities.types import _Stateful
+
+    from lit_vision.sampling import EpochSampler
+
+    root = make_split_tree(tmp_path / "data", train=5, val=2, test=0, size=12)
+    dm = ImageFolderDataModule(root, image_size=8, batch_size=4, num_workers=0)
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    assert isinstance(loader, _Stateful) and not isinstance(dm.val_dataloader(), _Stateful)
+    assert loader.state_dict() == {}  # not training: nothing to resume
+    # Lightning restores the state on the built loader before iterating it.
+    loader.load_state_dict({"epoch": 2, "skip": 8})
+    _, first = next(iter(loader))
+    expected = EpochSampler(15, dm.train_order.seed)
+    expected.set_epoch(2)
+    order = [i for i, _ in expected][8:12]
+    assert first.tolist() == [dm.datasets["train"].targets[i] for i in order]
