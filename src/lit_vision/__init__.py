@@ -13,7 +13,7 @@ from typing import Any
 
 # albumentations otherwise asks PyPI for a newer version on import: a stall offline.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-# litdata.optimize asks PyPI for a newer litdata (30 s timeout): a stall offline and on clusters.
+# litdata.optimize otherwise asks PyPI for a newer litdata (30 s timeout): a network call per run.
 os.environ.setdefault("LITDATA_DISABLE_VERSION_CHECK", "1")
 
 __version__ = "0.1.0"
