@@ -21,7 +21,8 @@ def on_rank_zero(trainer: Any, work: Callable[[], T]) -> T:
     Used for the data scan, which reads and hashes every file: one process does it, the
     others wait in the broadcast and receive the same findings (so every rank trains on the
     same files). A user error in rank 0 is raised in every process with the same one-line
-    message, so no rank is left waiting in a collective. Every process must call this.
+    message (any other failure as a RuntimeError), so no rank is left waiting in a collective.
+    Every process must call this.
 
     Args:
         trainer: The Lightning trainer (``None`` or one process: ``work`` simply runs).
@@ -32,17 +33,24 @@ def on_rank_zero(trainer: Any, work: Callable[[], T]) -> T:
 
     Raises:
         DataError: ``work`` raised a user error in rank 0.
+        RuntimeError: ``work`` failed otherwise in rank 0 (rank 0 re-raises its own error).
     """
     if world_size(trainer) < 2:
         return work()
     result: Any = None
-    error: str | None = None
+    error: tuple[bool, str] | None = None  # (a user error?, message)
+    failure: BaseException | None = None
     if trainer.global_rank == 0:
         try:
             result = work()
-        except LitVisionError as err:
-            error = str(err)
+        except Exception as err:  # noqa: BLE001 - re-raised below, after the others hear of it
+            failure, error = err, (isinstance(err, LitVisionError), str(err))
     result, error = trainer.strategy.broadcast((result, error), src=0)
+    if failure is not None:
+        raise failure
     if error is not None:
-        raise DataError(error)
+        user_error, message = error
+        if user_error:
+            raise DataError(message)
+        raise RuntimeError(f"rank 0 failed while preparing the data: {message}")
     return result
