@@ -94,7 +94,10 @@ def time_loader(args: argparse.Namespace) -> dict[str, float]:
     from lit_vision.models import CNNClassifier
 
     torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
-    model = CNNClassifier(num_classes=43, channels=[32, 64, 128], convs_per_block=2, pool_grid=4)
+    channels = [int(c) for c in args.channels.split(",")]
+    model = CNNClassifier(
+        num_classes=43, channels=channels, convs_per_block=2, pool_grid=4, hidden=args.hidden
+    )
     model.configure_model()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
 
@@ -125,7 +128,8 @@ def time_loader(args: argparse.Namespace) -> dict[str, float]:
         if i >= args.batches + 5:
             break
     seconds = time.perf_counter() - start
-    out = {"kind": args.kind, "train": args.train, "images_per_s": round(n / seconds, 1)}
+    out = {"kind": args.kind, "train": args.train, "channels": args.channels}
+    out["images_per_s"] = round(n / seconds, 1)
     out.update(_peaks())
     if args.kind != "model":
         out["setup_s"] = round(setup_s, 1)
@@ -184,6 +188,8 @@ def main() -> None:
     t.add_argument("--batches", type=int, default=150)
     t.add_argument("--train", action="store_true", help="run a gtsrb_cnn training step per batch")
     t.add_argument("--cache_dir", default="/tmp/lv_scale/cache")
+    t.add_argument("--channels", default="32,64,128", help="gtsrb_cnn's; e.g. 8 for a light model")
+    t.add_argument("--hidden", type=int, default=256)
     d = sub.add_parser("ddp-once")
     d.add_argument("--stream", required=True)
     d.add_argument("--drop_last", action="store_true", help="training's setting")

@@ -197,7 +197,12 @@ def _load_verified(target: Path, shape: tuple[int, ...]) -> np.ndarray | None:
 
 
 def _decode_to_file(
-    paths: Sequence[str], size: int, target: Path, prefix: str, max_megapixels: float | None
+    paths: Sequence[str],
+    size: int,
+    target: Path,
+    prefix: str,
+    max_megapixels: float | None,
+    desc: str = "",
 ) -> np.ndarray:
     """Decode straight into a memory-mapped temporary file, then publish it atomically.
 
@@ -221,7 +226,7 @@ def _decode_to_file(
     try:
         shape = (len(paths), size, size, 3)
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-        decode_all(paths, size, desc=prefix.split("-")[0], max_megapixels=max_megapixels, out=out)
+        decode_all(paths, size, desc=desc, max_megapixels=max_megapixels, out=out)
         out.flush()
         del out
         tmp_sum.write_text(json.dumps({"sha256": file_sha256(tmp)}))
@@ -248,12 +253,12 @@ def cached_decode(
 ) -> np.ndarray:
     """Decoded ``(N, size, size, 3)`` uint8 images, from ``cache_dir`` when a valid file is there.
 
-    The first run decodes (in parallel, straight into the memory-mapped file, under a file lock
-    so that processes sharing the folder decode once) and writes ``NAME-SIZEpx-KEY.npy`` and
-    its SHA-256 in ``NAME-SIZEpx-KEY.json`` atomically; later runs and the other processes check the file against its SHA-256
-    and memory-map it. The key covers the files' contents and the decoder's settings
-    (:func:`cache_key`). Without ``cache_dir``, or when it is not writable, the images are
-    decoded in memory only.
+    The first run decodes (in parallel, straight into the memory-mapped file, under a file
+    lock so that processes sharing the folder decode once) and writes ``NAME-SIZEpx-KEY.npy``
+    and its SHA-256 in ``NAME-SIZEpx-KEY.json`` atomically; later runs and the other
+    processes check the file against its SHA-256 and memory-map it. The key covers the files'
+    contents and the decoder's settings (:func:`cache_key`). Without ``cache_dir``, or when it
+    is not writable, the images are decoded in memory only.
 
     Args:
         samples: ``(path, class_index)`` pairs, in dataset order.
@@ -292,7 +297,7 @@ def cached_decode(
             if cached is not None:
                 return cached
         try:
-            return _decode_to_file(paths, size, target, prefix, max_megapixels)
+            return _decode_to_file(paths, size, target, prefix, max_megapixels, desc=name)
         except OSError as err:
             rank_zero_warn(f"lit_vision: not caching decoded images in {cache_dir}: {err}")
     finally:

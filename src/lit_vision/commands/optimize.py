@@ -1,4 +1,4 @@
-"""``lit-vision optimize``: a split tree -> litdata chunks per split (local folder or s3/gs/azure URL)."""
+"""``lit-vision optimize``: a split tree -> litdata chunks per split (folder or s3/gs/azure URL)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from lit_vision.commands.parsing import command_parser
 
 
 def main(args: list[str]) -> int:
-    """Parse ``--data.root ROOT --output DIR_OR_URL`` (and chunking options) and write the streams."""
+    """Parse ``--data.root ROOT --output DIR_OR_URL`` (and chunking options); write the streams."""
     from lit_vision.stream import optimize_tree  # numpy, PIL and litdata: only when it runs
 
     parser = command_parser("optimize", "Write each split of ROOT as a litdata stream.")
