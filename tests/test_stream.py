@@ -52,6 +52,13 @@ def test_optimize_writes_self_describing_splits(stream: Path) -> None:
     assert meta["classes"] == ["class_0", "class_1", "class_2"] and meta["image_size"] == 16
     assert meta["class_counts"] == [6, 6, 6] and read_meta(str(stream / "val"))["images"] == 9
     assert not (stream / "test").exists()
+    # Written in a shuffled order (litdata only shuffles chunks and windows of items): a
+    # class-sorted stream trains on one-class batches and does not learn.
+    from litdata import StreamingDataset
+
+    train = StreamingDataset(str(stream / "train"))
+    written = [int(train[i]["index"]) for i in range(len(train))]
+    assert sorted(written) == list(range(18)) and written != sorted(written)
 
 
 def test_fit_and_validate_from_a_stream(stream: Path, tmp_path: Path) -> None:

@@ -127,6 +127,7 @@ def optimize_tree(
     chunk_bytes: str = "64MB",
     compression: str | None = None,
     max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
+    seed: int = 0,
 ) -> dict[str, int]:
     """Write each split of ``root`` as a litdata stream under ``output/SPLIT``.
 
@@ -138,6 +139,8 @@ def optimize_tree(
         chunk_bytes: Size of one chunk file.
         compression: ``None`` (raw pixels: fastest to read) or ``"zstd"`` (needs ``zstd``).
         max_megapixels: The decoder's size limit (larger files are bad files).
+        seed: Seed of the order the samples are written in (shuffled; each sample keeps its
+            ``index`` in the folder's sorted listing).
 
     Returns:
         Images written per split.
@@ -151,15 +154,18 @@ def optimize_tree(
             continue
         samples = list_samples(root_path / split, classes)
         target = join(output, split)
+        # Written in a seeded random order: litdata shuffles chunks and items within a window,
+        # which cannot mix a folder's class-sorted order into useful batches on its own.
+        order = np.random.default_rng(seed).permutation(len(samples)).tolist()
         litdata.optimize(
             fn=_encode,
-            inputs=[(i, p, t, image_size, max_megapixels) for i, (p, t) in enumerate(samples)],
+            inputs=[(i, *samples[i], image_size, max_megapixels) for i in order],
             output_dir=target,
             chunk_bytes=chunk_bytes,
             compression=compression,
             num_workers=num_workers,
             mode="overwrite",
-            reorder_files=False,  # keep file order: chunks in the same order as the folders
+            reorder_files=False,  # keep the shuffled order above
             keep_data_ordered=True,
             start_method="fork",
             verbose=False,
