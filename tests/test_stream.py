@@ -86,7 +86,18 @@ def test_fit_and_validate_from_a_stream(stream: Path, tmp_path: Path) -> None:
     spec = torch.load(ckpt, weights_only=True)["lit_vision"]
     assert spec["image_size"] == 16 and spec["class_names"] == dm.classes
     validated = run_command(
-        ["validate", "--config", GTSRB, "--config", STREAM, *args, "--ckpt_path", str(ckpt)]
+        [
+            "validate",
+            "--config",
+            GTSRB,
+            "--config",
+            STREAM,
+            *args,
+            "--ckpt_path",
+            str(ckpt),
+            "--trainer.default_root_dir",
+            str(tmp_path / "validate"),
+        ]  # fmt: skip
     )
     # Every validation image counted once: accuracy is k/9.
     acc = float(validated.trainer.callback_metrics["val/acc"])
