@@ -71,3 +71,19 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is absent")
     return SHARED_DATA
+
+
+@pytest.fixture
+def decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The files the decoded-image cache decodes from now on, one entry per decode."""
+    import lit_vision.cache as cache
+
+    seen: list[str] = []
+    original = cache.load_image
+
+    def counting(path, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        seen.append(str(path))
+        return original(path, *args, **kwargs)
+
+    monkeypatch.setattr(cache, "load_image", counting)
+    return seen

@@ -21,7 +21,7 @@ def _samples(root: Path) -> list[tuple[str, int]]:
     return list_samples(root, ["a", "b"])
 
 
-def test_disk_cache_round_trip_and_invalidation(tmp_path: Path) -> None:
+def test_disk_cache_round_trip_and_invalidation(tmp_path: Path, decodes: list[str]) -> None:
     write_images(tmp_path / "imgs" / "a", 3, size=12, seed=0)
     write_images(tmp_path / "imgs" / "b", 2, size=12, seed=1, label=1)
     cache = tmp_path / "cache"
@@ -29,9 +29,10 @@ def test_disk_cache_round_trip_and_invalidation(tmp_path: Path) -> None:
     files = list(cache.glob("train-8px-*.npy"))
     assert len(files) == 1 and first.shape == (5, 8, 8, 3) and first.dtype == np.uint8
     assert not list(cache.glob(".*tmp*"))  # the temporary file was renamed, not left behind
+    assert isinstance(first, np.memmap) and len(decodes) == 5  # decoded into the mapped file
 
     again = cached_decode(_samples(tmp_path / "imgs"), 8, cache, name="train")
-    assert isinstance(again, np.memmap)  # read back from disk, not decoded again
+    assert isinstance(again, np.memmap) and len(decodes) == 5  # read back, not decoded again
     np.testing.assert_array_equal(np.asarray(again), first)
 
     # Rewrite one image with other pixels: a new key, a new file, the stale one removed.
@@ -39,8 +40,8 @@ def test_disk_cache_round_trip_and_invalidation(tmp_path: Path) -> None:
     write_images(tmp_path / "imgs" / "a", 1, size=12, seed=99)
     st = changed.stat()
     os.utime(changed, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-    third = cached_decode(_samples(tmp_path / "imgs"), 8, cache, name="train")
-    assert not isinstance(third, np.memmap)
+    third = np.array(cached_decode(_samples(tmp_path / "imgs"), 8, cache, name="train"))
+    assert len(decodes) == 10  # decoded again
     new_files = list(cache.glob("train-8px-*.npy"))
     assert len(new_files) == 1 and new_files != files
     assert not np.array_equal(third[0], first[0]) and np.array_equal(third[1:], first[1:])
@@ -93,3 +94,23 @@ def test_batch_augment_flip_is_exact_and_range_kept() -> None:
     full = BatchAugment(rotate=10, scale=(0.9, 1.1), translate=0.1, shear=5, color_jitter=0.3)(x)
     assert full.shape == f.shape and full.dtype == torch.float32
     assert float(full.min()) >= 0 and float(full.max()) <= 1 and not torch.allclose(full, f)
+
+
+def test_training_loader_is_stateful_and_restores_its_position(tmp_path: Path) -> None:
+    from lightning.fabric.utilities.types import _Stateful
+
+    from lit_vision.sampling import EpochSampler
+
+    root = make_split_tree(tmp_path / "data", train=5, val=2, test=0, size=12)
+    dm = ImageFolderDataModule(root, image_size=8, batch_size=4, num_workers=0)
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    assert isinstance(loader, _Stateful) and not isinstance(dm.val_dataloader(), _Stateful)
+    assert loader.state_dict() == {}  # not training: nothing to resume
+    # Lightning restores the state on the built loader before iterating it.
+    loader.load_state_dict({"epoch": 2, "skip": 8})
+    _, first = next(iter(loader))
+    expected = EpochSampler(15, dm.train_order.seed)
+    expected.set_epoch(2)
+    order = [i for i, _ in expected][8:12]
+    assert first.tolist() == [dm.datasets["train"].targets[i] for i in order]

@@ -57,10 +57,12 @@ def test_ddp_two_cpu_processes_match_single_process(
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
     }
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    env["LV_PROBE_DIR"] = str(probe)
     cmd = [
         sys.executable,
-        "-m",
-        "lit_vision",
+        str(REPO / "tests" / "ddp_probe.py"),  # python -m lit_vision, recording decodes
         "fit",
         "--config",
         GTSRB,
@@ -85,6 +87,17 @@ def test_ddp_two_cpu_processes_match_single_process(
     done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "world size 2" in done.stderr + done.stdout
+
+    # Once per node: one process scanned and decoded each of the 45 files once, into one cache
+    # file per split, and both ranks memory-mapped the same files.
+    records = [json.loads(p.read_text()) for p in probe.glob("*.json")]
+    assert len(records) == 2
+    decoded = [f for r in records for f in r["decoded"] if f.startswith(str(root))]
+    assert sorted(decoded) == sorted(str(p) for p in root.glob("*/*/*.png")), decoded
+    maps = [
+        sorted({Path(f).name for f in r["mapped"] if ".lit_vision_cache" in f}) for r in records
+    ]
+    assert maps[0] == maps[1] and len(maps[0]) == 2, maps  # train-... and val-...
 
     # One log directory (the experiment's logger name survives the overlay), one checkpoint set.
     versions = sorted((tb / "gtsrb_cnn").iterdir())

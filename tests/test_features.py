@@ -135,7 +135,7 @@ def test_after_unfreezing_the_frozen_prefix_is_served_and_equals_the_live_path(
     assert prefix.ndim == 5 and prefix.shape[2] != 3
     # The logits from cached activations equal the live model's from the images.
     model.eval()
-    images, _ = dm.datasets["train"].cache[:4], None
+    images = dm.datasets["train"].cache[:4].copy()  # the cache is a read-only memory map
     x = torch.from_numpy(images).permute(0, 3, 1, 2)
     with torch.no_grad():
         live = model(x)

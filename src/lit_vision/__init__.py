@@ -13,6 +13,8 @@ from typing import Any
 
 # albumentations otherwise asks PyPI for a newer version on import: a stall offline.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+# litdata.optimize otherwise asks PyPI for a newer litdata (30 s timeout): a network call per run.
+os.environ.setdefault("LITDATA_DISABLE_VERSION_CHECK", "1")
 
 __version__ = "0.1.0"
 
@@ -23,6 +25,7 @@ _EXPORTS = {
     "ImageDataset": "lit_vision.data",
     "ImageFolderDataModule": "lit_vision.data",
     "SimpleCNN": "lit_vision.networks",
+    "StreamingImageDataModule": "lit_vision.streaming_data",
     "TransferClassifier": "lit_vision.transfer",
     "TransferNet": "lit_vision.networks",
     "WarmupCosineLR": "lit_vision.schedulers",

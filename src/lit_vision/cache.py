@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import PIL
+from filelock import FileLock
 from lightning.pytorch.utilities import rank_zero_warn
 from tqdm.auto import tqdm
 
@@ -43,6 +44,7 @@ def decode_all(
     workers: int | None = None,
     desc: str = "",
     max_megapixels: float | None = None,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Decode images in parallel into one ``(N, size, size, 3)`` uint8 array.
 
@@ -55,14 +57,16 @@ def decode_all(
         workers: Decoding threads; ``None`` picks ``min(8, cpu count)``.
         desc: What is decoded (the split), for the progress bar.
         max_megapixels: ``load_image``'s limit.
+        out: The array to fill (e.g. a memory-mapped file); ``None``: a new one in memory.
 
     Returns:
-        The decoded images, one row per path.
+        The decoded images, one row per path (``out`` when given).
 
     Raises:
         ImageDecodeError: A file cannot be decoded.
     """
-    out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
+    if out is None:
+        out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
 
     def _one(i: int) -> None:
         out[i] = load_image(paths[i], size, max_megapixels=max_megapixels)
@@ -192,24 +196,40 @@ def _load_verified(target: Path, shape: tuple[int, ...]) -> np.ndarray | None:
     return arr if arr.shape == shape and arr.dtype == np.uint8 else None
 
 
-def _write_atomically(arr: np.ndarray, target: Path, prefix: str) -> None:
-    """Write ``target`` and its SHA-256 sidecar via temporary files and ``os.replace``.
+def _decode_to_file(
+    paths: Sequence[str],
+    size: int,
+    target: Path,
+    prefix: str,
+    max_megapixels: float | None,
+    desc: str = "",
+) -> np.ndarray:
+    """Decode straight into a memory-mapped temporary file, then publish it atomically.
 
-    Processes starting together (DDP ranks) never read a half-written file. Older files
-    with the same ``prefix`` (another key: changed images or decoder) are removed.
+    The pixels never sit in this process's private memory (only in the page cache, which every
+    process mapping the file shares), and processes starting together (DDP ranks) never read
+    a half-written file: the array and its SHA-256 sidecar are moved into place with
+    ``os.replace``, the array first (a reader seeing it before its checksum decodes again,
+    never trusts it unchecked). Older files with the same ``prefix`` (another key: changed
+    images or decoder) are removed.
+
+    Returns:
+        The published file, memory-mapped read-only.
 
     Raises:
-        OSError: The folder is not writable.
+        OSError: The folder is not writable (or the disk is full).
+        ImageDecodeError: A file cannot be decoded.
     """
     cache_dir = target.parent
-    cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = cache_dir / f".{prefix}{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp.npy"
     tmp_sum = tmp.with_suffix(".json")
     try:
-        np.save(tmp, arr)
+        shape = (len(paths), size, size, 3)
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+        decode_all(paths, size, desc=desc, max_megapixels=max_megapixels, out=out)
+        out.flush()
+        del out
         tmp_sum.write_text(json.dumps({"sha256": file_sha256(tmp)}))
-        # The array first: a reader seeing it before its checksum decodes again, never
-        # trusts it unchecked.
         os.replace(tmp, target)
         os.replace(tmp_sum, target.with_suffix(".json"))
     finally:
@@ -219,6 +239,7 @@ def _write_atomically(arr: np.ndarray, target: Path, prefix: str) -> None:
         if stale != target:
             stale.unlink(missing_ok=True)
             stale.with_suffix(".json").unlink(missing_ok=True)
+    return np.load(target, mmap_mode="r")
 
 
 def cached_decode(
@@ -232,11 +253,12 @@ def cached_decode(
 ) -> np.ndarray:
     """Decoded ``(N, size, size, 3)`` uint8 images, from ``cache_dir`` when a valid file is there.
 
-    The first run decodes (in parallel) and writes ``NAME-SIZEpx-KEY.npy`` and its SHA-256
-    in ``NAME-SIZEpx-KEY.json`` atomically; later runs check the file against its SHA-256
-    and memory-map it. The key covers the files' contents and the decoder's settings
-    (:func:`cache_key`). Without ``cache_dir``, or when it is not writable, the images are
-    decoded in memory only.
+    The first run decodes (in parallel, straight into the memory-mapped file, under a file
+    lock so that processes sharing the folder decode once) and writes ``NAME-SIZEpx-KEY.npy``
+    and its SHA-256 in ``NAME-SIZEpx-KEY.json`` atomically; later runs and the other
+    processes check the file against its SHA-256 and memory-map it. The key covers the files'
+    contents and the decoder's settings (:func:`cache_key`). Without ``cache_dir``, or when it
+    is not writable, the images are decoded in memory only.
 
     Args:
         samples: ``(path, class_index)`` pairs, in dataset order.
@@ -259,13 +281,25 @@ def cached_decode(
     prefix = f"{name or 'images'}-{size}px-"
     key = cache_key(samples, size, digests=digests, max_megapixels=max_megapixels)
     target = cache_dir / f"{prefix}{key}.npy"
-    if target.is_file():
-        cached = _load_verified(target, (len(samples), size, size, 3))
-        if cached is not None:
-            return cached
-    arr = decode_all(paths, size, desc=name, max_megapixels=max_megapixels)
     try:
-        _write_atomically(arr, target, prefix)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        # One lock per split and size: of the processes sharing this folder (a node's DDP
+        # ranks, or every node on shared storage) the first decodes, the others wait and map
+        # the same file. flock is released by the kernel if that process dies.
+        lock = FileLock(cache_dir / f".{prefix}lock")
+        lock.acquire()
     except OSError as err:
         rank_zero_warn(f"lit_vision: not caching decoded images in {cache_dir}: {err}")
-    return arr
+        return decode_all(paths, size, desc=name, max_megapixels=max_megapixels)
+    try:
+        if target.is_file():
+            cached = _load_verified(target, (len(samples), size, size, 3))
+            if cached is not None:
+                return cached
+        try:
+            return _decode_to_file(paths, size, target, prefix, max_megapixels, desc=name)
+        except OSError as err:
+            rank_zero_warn(f"lit_vision: not caching decoded images in {cache_dir}: {err}")
+    finally:
+        lock.release()
+    return decode_all(paths, size, desc=name, max_megapixels=max_megapixels)

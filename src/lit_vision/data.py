@@ -1,9 +1,7 @@
 """ImageFolderDataModule: split image folders (train/ val/ [test/]) decoded, cached and augmented.
 
-The parts live beside it: :mod:`~lit_vision.folders` (classes, file listing, the scan gate),
-:mod:`~lit_vision.datasets` (the Dataset classes), :mod:`~lit_vision.cache` (the decoded-image
-cache), :mod:`~lit_vision.sampling` (the resumable training order) and
-:mod:`~lit_vision.augment` (augmentation). Their names used before stay importable from here.
+Its parts: :mod:`~lit_vision.folders` (classes, files, scans), :mod:`~lit_vision.datasets`,
+:mod:`~lit_vision.cache`, :mod:`~lit_vision.sampling` (resumable order), :mod:`~lit_vision.augment`.
 """
 
 from __future__ import annotations
@@ -233,17 +231,17 @@ class ImageFolderDataModule(L.LightningDataModule):
         """Whether a split of ``n_images`` is decoded once into memory."""
         if self.hparams.cache == "auto":
             need = n_images * self._resolve_image_size() ** 2 * 3
-            # Under DDP every process on a node holds its own copy.
-            need *= self.trainer.num_devices if self.trainer is not None else 1
+            # The disk cache is one memory-mapped file per node, shared by its processes' page
+            # cache; without it every process (DDP rank) decodes its own copy.
+            if self._cache_dir() is None and self.trainer is not None:
+                need *= self.trainer.num_devices
             return need <= self.hparams.cache_budget_gb * 1024**3
         return bool(self.hparams.cache)
 
     def _train_transform(self, size: int) -> A.Compose:
         """The per-sample training pipeline (empty when batches are augmented on the device)."""
-        if self.hparams.augment == "batch":
-            return (
-                eval_transforms()
-            )  # the loader delivers plain images; on_after_batch_transfer augments
+        if self.hparams.augment == "batch":  # plain images; on_after_batch_transfer augments
+            return eval_transforms()
         if self.custom_pipeline is not None:
             check_pipeline(self.custom_pipeline, size, _ALBUMENTATIONS_KEY)
             return self.custom_pipeline
@@ -326,9 +324,10 @@ class ImageFolderDataModule(L.LightningDataModule):
             rank_zero_info(f"lit_vision data: hflip auto -> {verdict.hflip} ({verdict.reason})")
 
     def _scan(self, stage: str) -> None:
-        """Scan all splits once; the splits this stage reads are decoded unless cached."""
+        """Scan all splits once per run; the splits this stage reads are decoded unless cached."""
         needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}[stage]
-        self._forget(self.screen.scan(needed, self._resolve_image_size(), self._use_cache))
+        size = self._resolve_image_size()
+        self._forget(self.screen.scan_shared(self.trainer, needed, size, self._use_cache))
 
     def _forget(self, skipped: list[str]) -> None:
         """Drop the datasets holding newly skipped files, so they are rebuilt without them."""
@@ -360,7 +359,11 @@ class ImageFolderDataModule(L.LightningDataModule):
         else:
             order = {"shuffle": False, "sampler": eval_sampler(self.trainer, dataset)}
         drop_last = shuffle and len(dataset) > self.batch_size
-        return batch_loader(batches, self.batch_size, order, workers, drop_last=drop_last)
+        # Training: the loader's position is part of the checkpoint (Lightning's protocol).
+        stateful = {"position": self.state_dict, "restore": self.train_order.restore}
+        return batch_loader(
+            batches, self.batch_size, order, workers, drop_last, stateful if shuffle else None
+        )
 
     def _cached_features(self, split: str) -> FeatureSet | None:
         """Features the model caches for ``split``, to serve instead of images, or ``None``.
@@ -392,15 +395,11 @@ class ImageFolderDataModule(L.LightningDataModule):
         return batch
 
     def state_dict(self) -> dict[str, int]:
-        """Where training stands in the epoch's sample order, for an exact resume."""
+        """Where training stands in the epoch's order (also the training loader's state)."""
         return self.train_order.state_dict(self.trainer, self.batch_size)
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
-        """Remember the resume point until the training loader is built.
-
-        Args:
-            state_dict: What :meth:`state_dict` returned in the checkpoint.
-        """
+        """Remember the checkpoint's resume point (:meth:`state_dict`) for the training loader."""
         self.train_order.load_state_dict(state_dict)
 
     def train_dataloader(self) -> DataLoader:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from lightning.pytorch.utilities import rank_zero_warn
@@ -18,6 +18,7 @@ from lit_vision.cache import Sample
 from lit_vision.check import DecodeMode, ScanReport, format_skipped, scan_dataset
 from lit_vision.errors import DataError
 from lit_vision.images import is_hidden_image, is_image_file
+from lit_vision.ranks import on_rank_zero
 
 
 def discover_classes(split_dir: Path) -> list[str]:
@@ -230,6 +231,32 @@ class FolderScreen:
             )
         self.digests.update(self.report.digests)
         return self.apply(self.report)
+
+    def scan_shared(
+        self, trainer: Any, needed: Sequence[str], size: int, cached: Callable[[int], bool]
+    ) -> list[str]:
+        """:meth:`scan` in global rank 0 only; the other processes receive its findings.
+
+        Under DDP every rank would otherwise read and hash every file; this way one does and
+        all train on the same files (the decoded cache is then built once per node too).
+
+        Args:
+            trainer: The Lightning trainer (``None``: this process scans).
+            needed: The splits the stage reads.
+            size: The side images are decoded at.
+            cached: Whether a split of ``n`` images will be decoded into the cache.
+
+        Returns:
+            The files newly left out (``on_bad: skip``).
+        """
+
+        def work() -> tuple[list[str], ScanReport | None, list[str], dict[str, str]]:
+            new = self.scan(needed, size, cached)
+            return new, self.report, self.skipped, self.digests
+
+        new, self.report, self.skipped, digests = on_rank_zero(trainer, work)
+        self.digests.update(digests)
+        return new
 
     def rescan(self, split: str, size: int) -> list[str]:
         """Decode ``split`` fully after a decode failure, and apply what that finds.

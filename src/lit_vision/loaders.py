@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
@@ -37,7 +38,12 @@ def loader_workers(num_workers: int | None, dataset: ImageDataset) -> int:
 
 
 def batch_loader(
-    batches: Dataset, batch_size: int, order: dict[str, Any], workers: int, *, drop_last: bool
+    batches: Dataset,
+    batch_size: int,
+    order: dict[str, Any],
+    workers: int,
+    drop_last: bool,
+    stateful: dict[str, Any] | None = None,
 ) -> DataLoader:
     """A DataLoader fetching whole batches (``__getitems__``), already collated.
 
@@ -47,8 +53,10 @@ def batch_loader(
         order: ``sampler``/``shuffle``/``generator`` arguments.
         workers: Loader processes.
         drop_last: Drop a last partial batch.
+        stateful: ``position``/``restore`` of a :class:`ResumableLoader` (training).
     """
-    return DataLoader(
+    loader_class = DataLoader if stateful is None else ResumableLoader
+    return loader_class(
         batches,
         batch_size=batch_size,
         **order,
@@ -58,4 +66,47 @@ def batch_loader(
         pin_memory=torch.cuda.is_available(),
         drop_last=drop_last,
         prefetch_factor=4 if workers > 0 else None,
+        **(stateful or {}),
     )
+
+
+class ResumableLoader(DataLoader):
+    """The training DataLoader, stateful in Lightning's sense: its position is in the checkpoint.
+
+    Lightning saves ``state_dict()`` of every training loader that has one (under
+    ``loops.fit_loop.state_dict.combined_loader``) and calls ``load_state_dict`` on the rebuilt
+    loader before iterating, so a mid-epoch resume continues the epoch's order where it
+    stopped. The position is the epoch and the samples already trained on (from the trainer's
+    progress, so Lightning's prefetching of the next batch does not count); the
+    :class:`~lit_vision.sampling.EpochSampler` skips them.
+
+    Args:
+        *args: DataLoader's arguments.
+        position: Returns ``{"epoch", "skip"}`` (``{}`` when not training).
+        restore: Moves the sampler to a saved position.
+        **kwargs: DataLoader's keyword arguments.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        position: Callable[[], dict[str, int]] | None = None,
+        restore: Callable[[dict[str, int]], None] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.position = position
+        self.restore = restore
+
+    def state_dict(self) -> dict[str, int]:
+        """Where training stands in the epoch's order: ``{"epoch", "skip"}``."""
+        return self.position() if self.position is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        """Continue from a checkpoint's position.
+
+        Args:
+            state_dict: What :meth:`state_dict` returned.
+        """
+        if self.restore is not None:
+            self.restore(state_dict)

@@ -6,7 +6,6 @@ import os
 import random
 import tempfile
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -76,8 +75,6 @@ class FaultTolerance(Callback):
         self.seed = seed
         self.save_every_minutes = save_every_minutes
         self._last_save = time.monotonic()
-        # Our sampler is resumable (EpochSampler.skip); Lightning cannot know that.
-        warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
         self._resume: dict[str, Any] | None = None  # where a loaded checkpoint left off
         self._continued_epoch: int | None = None
 

@@ -131,6 +131,14 @@ class TrainOrder:
     The seed is fixed on the first loader (``seed_everything`` may run after the DataModule
     is built); a resume point loaded from a checkpoint applies to the next loader only.
 
+    The resume point reaches it two ways, both holding the same ``{"epoch", "skip"}``: the
+    DataModule's state and the training loader's (Lightning's stateful-loader protocol,
+    :class:`~lit_vision.loaders.ResumableLoader`). Both are needed: Lightning 2.6 builds and
+    iterates the training loader for ``trainer.estimated_stepping_batches`` (the LR schedules)
+    *before* it restores the checkpoint and then never calls the loader's ``load_state_dict``;
+    the DataModule's state is restored earlier, so it covers that path, and the loader's covers
+    the other one. Applying the same point twice is harmless.
+
     Args:
         seed: Base seed; ``None`` takes :func:`default_seed` when the first loader is built.
     """
@@ -138,6 +146,7 @@ class TrainOrder:
     def __init__(self, seed: int | None = None) -> None:
         self.seed = seed
         self.pending: ResumePoint | None = None
+        self.sampler: EpochSampler | None = None  # the latest loader's, which a restore moves
 
     def loader_kwargs(self, n: int, balance_targets: Sequence[int] | None = None) -> dict[str, Any]:
         """``sampler`` and ``generator`` arguments of a shuffled training DataLoader.
@@ -167,6 +176,7 @@ class TrainOrder:
             sampler.set_epoch(self.pending.epoch)
             sampler.skip = self.pending.skip
             self.pending = None
+        self.sampler = sampler
         return {"sampler": sampler, "generator": generator}
 
     def state_dict(self, trainer: Any, batch_size: int) -> dict[str, int]:
@@ -186,3 +196,18 @@ class TrainOrder:
             state: What :meth:`state_dict` returned (``{}``: nothing to resume).
         """
         self.pending = ResumePoint(int(state["epoch"]), int(state["skip"])) if state else None
+
+    def restore(self, state: dict[str, int]) -> None:
+        """Move the built loader's sampler to a checkpoint's resume point (the loader protocol).
+
+        Lightning restores a stateful loader's state after building it and before iterating,
+        so the sampler is set here; without a built loader it waits as in :meth:`load_state_dict`.
+
+        Args:
+            state: What the loader's ``state_dict`` returned (``{}``: nothing to resume).
+        """
+        self.load_state_dict(state)
+        if self.sampler is not None and self.pending is not None:
+            self.sampler.set_epoch(self.pending.epoch)
+            self.sampler.skip = self.pending.skip
+            self.pending = None

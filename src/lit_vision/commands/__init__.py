@@ -33,6 +33,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "lit_vision.commands.lr_find",
         "learning-rate range test for a config: plot + suggestion",
     ),
+    "optimize": (
+        "lit_vision.commands.optimize",
+        "split tree -> litdata streaming chunks per split (folder or s3/gs/azure URL)",
+    ),
     "compare": (
         "lit_vision.commands.compare",
         "train several configs/variants on one split and budget, rank them",
