@@ -301,18 +301,13 @@ def test_deepen_blocks_limits_what_trains_after_deepening() -> None:
     assert model._deepen(5) is False
 
 
-def test_small_inputs_run_fp32_inside_cpu_bf16_autocast(tmp_path: Path) -> None:
-    from lit_vision.transfer import BF16_MIN_SIDE
-
-    args = ("--trainer.precision", "bf16-mixed", "--trainer.max_epochs", "2")
+def test_features_in_bf16_while_training_in_fp32(tmp_path: Path) -> None:
+    args = ("--trainer.precision", "32-true", "--trainer.max_epochs", "2")
     args += ("--model.init_args.freeze_epochs", "1", "--model.init_args.unfreeze_blocks", "1")
-    cli = _fit(tmp_path, *args)  # 32 px
+    cli = _fit(tmp_path, *args, "--model.init_args.feature_precision", "bf16")
     model = cli.model
-    assert BF16_MIN_SIDE > 32 and model.__dict__["_fp32"]
-    assert model._prefix["train"].features.dtype == torch.float32  # computed in fp32
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
-        assert model(images).dtype == torch.float32
-    model.__dict__["_fp32"] = False  # large inputs: the trainer's autocast applies
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert model(images).dtype == torch.bfloat16
+    prefix = model._prefix["train"].features
+    assert prefix.dtype == torch.bfloat16  # the frozen pass ran in bf16 autocast
+    assert all(p.dtype == torch.float32 for p in model.net.head.parameters())
+    assert model(prefix[0, :2]).dtype == torch.float32  # trained on them in fp32
+    assert torch.isfinite(cli.trainer.callback_metrics["val/loss"])

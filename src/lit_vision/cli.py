@@ -21,13 +21,8 @@ from lit_vision.checkpoints import read_checkpoint, sanitize_for_cli
 from lit_vision.distributed import RunSummary, ScaleLR
 from lit_vision.errors import CheckpointError, DataError
 from lit_vision.insight import InsightCallback, track_setup_time
+from lit_vision.precision import cpu_has_native_bf16
 from lit_vision.resume import AtomicCheckpointIO, FaultTolerance, find_last_checkpoint
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX), so bf16 autocast pays off."""
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
 def auto_precision(

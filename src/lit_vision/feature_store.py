@@ -227,7 +227,7 @@ def store_for(
         "world": model.trainer.world_size if views > 1 else None,
         "augment": augment_desc,
         "precision": str(model.trainer.precision),
-        "fp32_inside": bool(model.__dict__.get("_fp32")),
+        "feature_autocast": str(getattr(model.feature_autocast(), "fast_dtype", None)),
         "device": model.device.type,
     }
     return FeatureStore(folder, f"{split}-{model.hparams.backbone}", description)

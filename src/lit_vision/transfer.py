@@ -23,11 +23,9 @@ from lit_vision.features import FeatureSet, compute_features
 from lit_vision.finetune import FreezeSchedule
 from lit_vision.models import ImageClassifier
 from lit_vision.networks import Pooling, TransferNet
+from lit_vision.precision import cpu_has_native_bf16
 
 SCHEDULE_KEY = "lit_vision_schedule"
-# Below this input side, CPU bf16 autocast trains an EfficientNet slower than fp32 (the dtype
-# reorders cost more than the small convolutions save): docs/results.md R37.
-BF16_MIN_SIDE = 128
 FEATURE_BATCH = 64  # images per frozen forward pass (the views are seeded per batch)
 
 
@@ -79,6 +77,8 @@ class TransferClassifier(FreezeSchedule, ImageClassifier):
         feature_cache: Train the frozen-backbone epochs on cached features.
         feature_views: Augmented views per training image in the feature cache, besides the
             clean image (0: the clean image only); an epoch draws one view per image.
+        feature_precision: The frozen feature pass in ``bf16`` autocast, in the trainer's
+            precision (``32``), or ``auto``: bf16 on CPUs with native bf16.
         backbone_lr: Backbone learning rate once unfrozen (overrides ``backbone_lr_scale``).
         backbone_lr_scale: Backbone learning rate as a fraction of the optimizer's ``lr``.
         train_bn: Whether unfrozen BatchNorm layers use batch statistics and update their
@@ -121,6 +121,7 @@ class TransferClassifier(FreezeSchedule, ImageClassifier):
         monitor: str = "val/acc",
         feature_cache: bool = True,
         feature_views: int = 2,
+        feature_precision: Literal["auto", "bf16", "32"] = "32",
         backbone_lr: float | None = None,
         backbone_lr_scale: float = 0.02,
         train_bn: bool = False,
@@ -163,6 +164,7 @@ class TransferClassifier(FreezeSchedule, ImageClassifier):
         self.monitor = monitor
         self.feature_cache = feature_cache
         self.feature_views = feature_views
+        self.feature_precision = feature_precision
         # The schedule's decisions so far; saved in checkpoints (plain values only).
         self.schedule_state: dict[str, Any] = {
             "switch_epoch": None,  # the epoch the backbone unfroze (auto), None until then
@@ -209,19 +211,14 @@ class TransferClassifier(FreezeSchedule, ImageClassifier):
         """Class logits for images, cached pooled features, or cached prefix activations.
 
         Images: NCHW RGB; pooled features: ``(N, D)``; the frozen prefix's activations:
-        ``(N, C, h, w)`` float with ``C != 3``. Small inputs run in fp32 even inside the
-        trainer's CPU bf16 autocast (``BF16_MIN_SIDE``).
+        ``(N, C, h, w)`` float with ``C != 3``.
         """
-        if self.__dict__.get("_fp32"):
-            with torch.autocast("cpu", enabled=False):
-                return self._logits(x.float() if x.is_floating_point() else x)
-        return self._logits(x)
-
-    def _logits(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim == 2:
             return self.net.head(x.float())
         split = self.__dict__.get("_split")
         if split is not None and x.dtype != torch.uint8 and x.shape[1] != 3:
+            if not torch.is_autocast_enabled(x.device.type):
+                x = x.float()  # activations cached in bf16, trained in full precision
             return self.net.head(self.net.embed_suffix(split[1], x))
         return super().forward(x)
 
@@ -230,12 +227,6 @@ class TransferClassifier(FreezeSchedule, ImageClassifier):
 
         With a frozen prefix, its activations too (what the unfrozen blocks will see).
         """
-        if self.__dict__.get("_fp32"):
-            with torch.autocast("cpu", enabled=False):
-                return self._embed(x)
-        return self._embed(x)
-
-    def _embed(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         split = self.__dict__.get("_split")
         if split is None:
             return self.net.embed(self.normalize(x))
@@ -248,30 +239,25 @@ class TransferClassifier(FreezeSchedule, ImageClassifier):
         Features are served while the backbone is frozen, so the loaders change with the phase.
         """
         super().setup(stage)
-        self._choose_cpu_precision()
         if stage == "fit" and self.feature_cache and self._trainer is not None:
             self.trainer.reload_dataloaders_every_n_epochs = 1
             blocks = self.unfreeze_blocks
             # A plain attribute: the two halves share the network's parameters, not new ones.
             self.__dict__["_split"] = self.net.split(blocks) if isinstance(blocks, int) else None
 
-    def _choose_cpu_precision(self) -> None:
-        """Inputs under ``BF16_MIN_SIDE`` px run in fp32 inside the trainer's CPU bf16 autocast."""
-        trainer = self._trainer
-        size = getattr(trainer.datamodule, "image_size", None) if trainer is not None else None
-        fp32 = (
-            trainer is not None
-            and str(trainer.precision).startswith("bf16")
-            and self.device.type == "cpu"
-            and size is not None
-            and size < BF16_MIN_SIDE
-        )
-        if fp32 and not self.__dict__.get("_fp32"):
-            rank_zero_info(
-                f"lit_vision: {size} px inputs run in fp32 (CPU bf16 is slower below "
-                f"{BF16_MIN_SIDE} px)"
-            )
-        self.__dict__["_fp32"] = fp32
+    def feature_autocast(self) -> Any:
+        """The precision of the frozen feature pass: bf16 autocast or the trainer's own.
+
+        ``feature_precision: auto`` computes features in bf16 on CPUs with native bf16 (twice
+        as fast as fp32 for a forward pass) while training stays in the trainer's precision
+        (fp32 trains faster there: docs/results.md R37).
+        """
+        choice = self.feature_precision
+        if choice == "bf16" or (
+            choice == "auto" and self.device.type == "cpu" and cpu_has_native_bf16()
+        ):
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return self.trainer.precision_plugin.forward_context()
 
     def cached_features(
         self, split: str, dataset: Dataset, augment: Any | None = None
@@ -361,7 +347,7 @@ class TransferClassifier(FreezeSchedule, ImageClassifier):
         self.eval()
         start = time.perf_counter()
         try:
-            with trainer.precision_plugin.forward_context():
+            with self.feature_autocast():
                 shard = compute_features(
                     self.embed,
                     lambda idx: BatchedImages(dataset).__getitems__(idx)[0],  # the loader's gather
