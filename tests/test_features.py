@@ -258,6 +258,11 @@ def test_deepening_trains_the_whole_backbone_from_the_best_weights(tmp_path: Pat
     assert all(p.requires_grad for p in model.net.features.parameters())
     assert not model._prefix and not model._features
     assert not isinstance(cli.datamodule.train_dataloader().dataset, FeatureBatches)
+    # transfer.yaml's deepen_lr for every group, BatchNorm adapting to this data.
+    assert [g["lr"] for g in cli.trainer.optimizers[0].param_groups] == [0.001, 0.001]
+    model.train()
+    norms = [m for m in model.net.features.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and all(m.training for m in norms)
     # Each phase started from the previous one's best weights, restored exactly.
     assert len(restored) == 2 and max(restored) == 0.0
     # The whole-backbone phase stops on patience; resume keeps the decision.

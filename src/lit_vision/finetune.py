@@ -19,7 +19,8 @@ stops there), the best head is restored and the backbone's last blocks train at 
 learning rate until the metric has not improved for ``finetune_patience`` epochs or the budget
 would be exceeded by one more epoch. When that still leaves the metric below ``deepen_below``
 (the pretrained features are far from the data: small images, drawings, scans), the best weights
-are restored and the whole backbone (or its last ``deepen_blocks`` blocks) trains on, for up to
+are restored and the whole backbone (or its last ``deepen_blocks`` blocks) trains on, with the
+head, at ``deepen_lr`` and with BatchNorm statistics adapting (``deepen_train_bn``), for up to
 ``deepen_minutes``, until the metric
 has not improved for ``finetune_patience`` epochs. The checkpoint callback keeps the best model.
 The decision (the epoch the backbone was unfrozen, the best score, the patience counter) is
@@ -71,6 +72,8 @@ class FreezeSchedule:
     deepen_below: float | None
     deepen_blocks: int | None
     deepen_minutes: float | None
+    deepen_lr: float | None
+    deepen_train_bn: bool
     monitor: str
     schedule_state: dict[str, Any]
     unfreeze_blocks: int | None
@@ -124,8 +127,9 @@ class FreezeSchedule:
                 self.net.features.eval()
             else:
                 for m in self.net.features.modules():
+                    train_bn = self.train_bn or (self.phase == 2 and self.deepen_train_bn)
                     if isinstance(m, nn.modules.batchnorm._BatchNorm) and (
-                        not self.train_bn
+                        not train_bn
                         or not any(p.requires_grad for p in m.parameters(recurse=False))
                     ):
                         m.eval()
@@ -247,6 +251,10 @@ class FreezeSchedule:
         state["deepen_epoch"], state["deepen_elapsed"] = epoch + 1, state["elapsed"]
         state["phase_best"], state["bad_epochs"] = None, 0
         self._restore_best()
+        if self.deepen_lr is not None:  # far from the data: the pretrained filters must move
+            for opt in self.trainer.optimizers:
+                for group in opt.param_groups:
+                    group["lr"] = group["initial_lr"] = self.deepen_lr
         what = "all" if self.deepen_blocks is None else f"the last {self.deepen_blocks}"
         rank_zero_info(
             f"lit_vision: {self._best()} is below deepen_below {self.deepen_below}; "

@@ -71,6 +71,9 @@ class TransferClassifier(FreezeSchedule, ImageClassifier):
             the whole backbone trains on (features far from the data); ``None``: never.
         deepen_blocks: ``auto``: the last N backbone blocks that train after deepening
             (``None``: all of them; the stem's high-resolution layers cost the most backward).
+        deepen_lr: ``auto``: the learning rate of every group after deepening (``None``: keep).
+        deepen_train_bn: ``auto``: BatchNorm layers use and update batch statistics after
+            deepening (ImageNet's statistics do not fit data that far away).
         deepen_minutes: ``auto``: the most minutes the whole backbone trains after deepening
             (outside ``budget_minutes``); ``None``: until ``finetune_patience`` stops it.
         monitor: Validation metric the schedule follows (higher is better).
@@ -117,6 +120,8 @@ class TransferClassifier(FreezeSchedule, ImageClassifier):
         head_share: float = 0.5,
         deepen_below: float | None = None,
         deepen_blocks: int | None = None,
+        deepen_lr: float | None = None,
+        deepen_train_bn: bool = False,
         deepen_minutes: float | None = None,
         monitor: str = "val/acc",
         feature_cache: bool = True,
@@ -160,6 +165,8 @@ class TransferClassifier(FreezeSchedule, ImageClassifier):
         self.head_share = head_share
         self.deepen_below = deepen_below
         self.deepen_blocks = deepen_blocks
+        self.deepen_lr = deepen_lr
+        self.deepen_train_bn = deepen_train_bn
         self.deepen_minutes = deepen_minutes
         self.monitor = monitor
         self.feature_cache = feature_cache
