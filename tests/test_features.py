@@ -316,3 +316,28 @@ def test_features_in_bf16_while_training_in_fp32(tmp_path: Path) -> None:
     assert all(p.dtype == torch.float32 for p in model.net.head.parameters())
     assert model(prefix[0, :2]).dtype == torch.float32  # trained on them in fp32
     assert torch.isfinite(cli.trainer.callback_metrics["val/loss"])
+
+
+def test_deepen_lr_is_annealed_over_the_deep_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+    from types import SimpleNamespace
+
+    from lit_vision.transfer import TransferClassifier
+
+    model = TransferClassifier(
+        3,
+        backbone="test_efficientnet",
+        pretrained=False,
+        freeze_epochs="auto",
+        deepen_below=0.9,
+        deepen_lr=0.01,
+        deepen_minutes=1.0,
+    )
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    model._trainer = SimpleNamespace(optimizers=[opt])
+    model.phase, model._clock = 2, 0.0
+    model.schedule_state["deepen_elapsed"] = 10.0  # deepened 10 s into the budget
+    for now, expected in ((10.0, 0.01), (40.0, 0.005), (70.0, 0.0), (100.0, 0.0)):
+        monkeypatch.setattr(time, "monotonic", lambda now=now: now)
+        model.on_train_batch_start(None, 0)
+        assert opt.param_groups[0]["lr"] == pytest.approx(expected, abs=1e-12)

@@ -20,7 +20,7 @@ learning rate until the metric has not improved for ``finetune_patience`` epochs
 would be exceeded by one more epoch. When that still leaves the metric below ``deepen_below``
 (the pretrained features are far from the data: small images, drawings, scans), the best weights
 are restored and the whole backbone (or its last ``deepen_blocks`` blocks) trains on, with the
-head, at ``deepen_lr`` and with BatchNorm statistics adapting (``deepen_train_bn``), for up to
+head, at ``deepen_lr`` annealed on a cosine over ``deepen_minutes``, with BatchNorm statistics adapting (``deepen_train_bn``), for up to
 ``deepen_minutes``, until the metric
 has not improved for ``finetune_patience`` epochs. The checkpoint callback keeps the best model.
 The decision (the epoch the backbone was unfrozen, the best score, the patience counter) is
@@ -42,6 +42,7 @@ their ``.grad`` left ``None``). ``static_graph=True`` is refused: the used set c
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -153,6 +154,22 @@ class FreezeSchedule:
             on_epoch=True,
             sync_dist=True,
         )
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """After deepening: ``deepen_lr`` annealed on a cosine over the ``deepen_minutes`` budget.
+
+        The budget sizes the schedule (elapsed time, not epochs), so the learning rate is near
+        zero when the budget ends instead of being cut in the middle.
+        """
+        if self.phase != 2 or self.deepen_lr is None or not self.deepen_minutes:
+            return
+        state = self.schedule_state
+        used = time.monotonic() - self._clock - state["deepen_elapsed"]
+        frac = min(1.0, max(0.0, used / (self.deepen_minutes * 60)))
+        lr = self.deepen_lr * 0.5 * (1 + math.cos(math.pi * frac))
+        for opt in self.trainer.optimizers:
+            for group in opt.param_groups:
+                group["lr"] = lr
 
     def setup(self, stage: str) -> None:
         """Before DDP wraps the model: let it tolerate parameters frozen for a while."""
