@@ -85,6 +85,21 @@ def decode_all(
     return out
 
 
+def cache_folder(root: str | Path, cache_dir: str | Path | None, enabled: bool) -> Path | None:
+    """The disk cache's folder: ``cache_dir``, else ``ROOT/.lit_vision_cache``; ``None`` when off.
+
+    Args:
+        root: The data folder (``data.root``).
+        cache_dir: The configured folder (``data.cache_dir``), or ``None``.
+        enabled: ``data.disk_cache``.
+    """
+    if not enabled:
+        return None
+    return (
+        Path(cache_dir).expanduser() if cache_dir else Path(root).expanduser() / ".lit_vision_cache"
+    )
+
+
 def _package_version() -> str:
     """lit_vision's installed version, or ``"source"`` when run from a source tree."""
     try:

@@ -24,7 +24,7 @@ from lit_vision.augment import (
     eval_transforms,
 )
 from lit_vision.balance import Balance, balanced, per_class
-from lit_vision.cache import cached_decode, decode_all
+from lit_vision.cache import cache_folder, cached_decode, decode_all
 from lit_vision.check import ScanReport
 from lit_vision.datasets import BatchedImages, ImageDataset
 from lit_vision.errors import DataError
@@ -205,10 +205,7 @@ class ImageFolderDataModule(L.LightningDataModule):
 
     def _cache_dir(self) -> Path | None:
         """Folder of the disk cache, or ``None`` without one."""
-        if not self.hparams.disk_cache:
-            return None
-        cache_dir = self.hparams.cache_dir
-        return Path(cache_dir).expanduser() if cache_dir else self.root / ".lit_vision_cache"
+        return cache_folder(self.root, self.hparams.cache_dir, self.hparams.disk_cache)
 
     def _resolve_image_size(self) -> int:
         """The input side: ``image_size``, else the attached model's preferred size (or 64).

@@ -34,7 +34,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
-from lit_vision.cache import cache_key
+from lit_vision.cache import cache_folder, cache_key
 from lit_vision.images import file_sha256
 
 STORE_VERSION = 1
@@ -168,13 +168,8 @@ def feature_folder(datamodule: Any) -> Path | None:
     hparams = getattr(datamodule, "hparams", None)
     if hparams is None or not hparams.get("disk_cache") or not hasattr(datamodule, "screen"):
         return None
-    cache_dir = hparams.get("cache_dir")
-    base = (
-        Path(cache_dir).expanduser()
-        if cache_dir
-        else Path(hparams["root"]).expanduser() / ".lit_vision_cache"
-    )
-    return base / "features"
+    base = cache_folder(hparams["root"], hparams.get("cache_dir"), True)
+    return base / "features" if base is not None else None
 
 
 def store_for(
