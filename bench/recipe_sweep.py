@@ -100,6 +100,7 @@ def run(cfg: dict[str, Any], data: tuple, dev: str) -> dict[str, Any]:
         hidden=c["hidden"],
         dropout=c["drop"],
         input_norm=c["norm"],
+        early_pool=c.get("early_pool", False),
     ).to(dev)
     net.configure_model()
     if c["opt"] == "adamw":
@@ -153,9 +154,10 @@ def run(cfg: dict[str, Any], data: tuple, dev: str) -> dict[str, Any]:
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
         ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(c["ema"]), use_buffers=True)
-    hist, t0 = [], time.time()
+    hist, hist_ema, hist_tta, secs, train_s = [], [], [], [], 0.0
     for _ in range(c["epochs"]):
         net.train()
+        t0 = time.time()
         for x, y in batches():
             with torch.autocast(dev, dtype=torch.bfloat16, enabled=c.get("amp", False)):
                 loss = F.cross_entropy(net(x), y, label_smoothing=c["ls"])
@@ -165,14 +167,48 @@ def run(cfg: dict[str, Any], data: tuple, dev: str) -> dict[str, Any]:
             sched.step()
             if ema is not None:
                 ema.update_parameters(net)
-        evaluated = ema.module if ema is not None else net
-        evaluated.eval()
-        with torch.no_grad():
-            pred = torch.cat(
-                [evaluated(xva_t[i : i + 512]).argmax(1) for i in range(0, len(yva_t), 512)]
-            )
-        hist.append(round((pred == yva_t).float().mean().item(), 4))
-    return dict(cfg=cfg, hist=hist, best=max(hist), final=hist[-1], secs=round(time.time() - t0, 1))
+        train_s += time.time() - t0
+        secs.append(round(train_s, 1))
+        hist.append(accuracy(net, xva_t, yva_t))
+        if ema is not None:
+            hist_ema.append(accuracy(ema.module, xva_t, yva_t))
+        hist_tta.append(accuracy(ema.module if ema is not None else net, xva_t, yva_t, tta=True))
+    return dict(
+        cfg=cfg,
+        hist=hist,
+        hist_ema=hist_ema,
+        hist_tta=hist_tta,
+        secs=secs,
+        best=max(hist),
+        final=hist[-1],
+        final_ema=hist_ema[-1] if hist_ema else None,
+        final_tta=hist_tta[-1],
+    )
+
+
+def shifted(x: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
+    """Images (uint8 NCHW) moved by (dx, dy) pixels, edges replicated: float 0-1."""
+    p = max(abs(dx), abs(dy))
+    if not p:
+        return x.float() / 255
+    h, w = x.shape[-2:]
+    padded = F.pad(x.float() / 255, (p, p, p, p), mode="replicate")
+    return padded[..., p - dy : p - dy + h, p - dx : p - dx + w]
+
+
+TTA_SHIFTS = ((0, 0), (2, 0), (-2, 0), (0, 2), (0, -2))
+
+
+@torch.no_grad()
+def accuracy(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, tta: bool = False) -> float:
+    """val/acc; with ``tta`` the mean softmax over the image and its +-2 px shifts."""
+    net.eval()
+    preds = []
+    for i in range(0, len(y), 512):
+        xb = x[i : i + 512]
+        views = TTA_SHIFTS if tta else ((0, 0),)
+        preds.append(sum(net(shifted(xb, dx, dy)).softmax(1) for dx, dy in views).argmax(1))
+    return round((torch.cat(preds) == y).float().mean().item(), 4)
 
 
 VARIANTS = {
@@ -217,6 +253,77 @@ VARIANTS = {
     "reg": dict(epochs=30, lr=5e-3, warm=0.3, wstart=0.04, final=1e-3, bdrop=0.2, drop=0.5),
     "sample_oc30": dict(epochs=30, lr=5e-3, warm=0.3, wstart=0.04, final=1e-3, aug="sample"),
     "oc5e-3_30_bf16": dict(epochs=30, lr=5e-3, warm=0.3, wstart=0.04, final=1e-3, amp=True),
+    # Issue 15: 15 epochs in bf16 with an EMA copy (each run also scores +-2 px shift TTA).
+    "s15": dict(epochs=15, lr=5e-3, warm=0.3, wstart=0.04, final=1e-3, amp=True, ema=0.998),
+    "s15_ls2": dict(
+        epochs=15, lr=5e-3, warm=0.3, wstart=0.04, final=1e-3, amp=True, ema=0.998, ls=0.2
+    ),
+    "s15_ep": dict(
+        epochs=15, lr=5e-3, warm=0.3, wstart=0.04, final=1e-3, amp=True, ema=0.998, early_pool=True
+    ),
+    "s15_epwide": dict(
+        epochs=15,
+        lr=5e-3,
+        warm=0.3,
+        wstart=0.04,
+        final=1e-3,
+        amp=True,
+        ema=0.998,
+        early_pool=True,
+        channels=[64, 128, 256],
+    ),
+    "s15_sgd": dict(
+        epochs=15, lr=0.05, warm=0.3, wstart=0.04, final=1e-3, amp=True, ema=0.998, opt="sgd"
+    ),
+    "s15_sample": dict(
+        epochs=15, lr=5e-3, warm=0.3, wstart=0.04, final=1e-3, amp=True, ema=0.998, aug="sample"
+    ),
+    "s15_ep_ls2": dict(
+        epochs=15,
+        lr=5e-3,
+        warm=0.3,
+        wstart=0.04,
+        final=1e-3,
+        amp=True,
+        ema=0.998,
+        early_pool=True,
+        ls=0.2,
+    ),
+    "s15_ep_sgd": dict(
+        epochs=15,
+        lr=0.05,
+        warm=0.3,
+        wstart=0.04,
+        final=1e-3,
+        amp=True,
+        ema=0.998,
+        early_pool=True,
+        opt="sgd",
+    ),
+    "s15_ep48": dict(
+        epochs=15,
+        lr=5e-3,
+        warm=0.3,
+        wstart=0.04,
+        final=1e-3,
+        amp=True,
+        ema=0.998,
+        early_pool=True,
+        channels=[48, 96, 192],
+    ),
+    "b20": dict(epochs=20, bs=128, lr=5e-3, warm=0.3, wstart=0.04, final=1e-3, amp=True, ema=0.998),
+    "b20_eq": dict(
+        epochs=20,
+        bs=128,
+        lr=5e-3,
+        warm=0.3,
+        wstart=0.04,
+        final=1e-3,
+        amp=True,
+        ema=0.998,
+        norm="equalize",
+    ),
+    "s15_fp32": dict(epochs=15, lr=5e-3, warm=0.3, wstart=0.04, final=1e-3, ema=0.998),
 }
 
 

@@ -8,6 +8,12 @@ One run measures, on the same data, model, batch size and precision:
            validation off, steady-state epochs (the first, with warm-up and caching, excluded)
   lit-sample  the same with ``augment="sample"`` (albumentations per image in loader workers)
   tta-*    wall time until val/acc first reaches --target-acc (naive loop vs lit_vision)
+  tta-fit-old / tta-fit-new  the whole ``python -m lit_vision fit --config C`` command, run to
+           the end, for --old-config and --new-config: wall time from launch to the first
+           val/acc >= --target-acc (TensorBoard's event times), the command's wall time, best
+           val/acc and peak RSS. Recipes race as users run them, start-up included:
+
+  python bench/throughput.py --data /tmp/lv_gtsrb --phases tta-naive,tta-fit-old,tta-fit-new
 
 Each phase runs in its own process, so its peak RSS (the process plus its loader workers,
 sampled) is its own. Usage:
@@ -371,6 +377,44 @@ def phase_lit(
     return times
 
 
+def phase_fit(args: argparse.Namespace, config: str) -> dict[str, Any]:
+    """The whole ``fit`` command on ``config``: val/acc per epoch with wall times from launch."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tb = tempfile.mkdtemp(prefix="lv_bench_tb_")
+    cmd = [
+        *(sys.executable, "-m", "lit_vision", "fit", "--config", config),
+        *("--data.root", args.data, "--seed_everything", str(args.seed)),
+        *("--trainer.enable_progress_bar", "false"),
+        *("--trainer.logger.init_args.save_dir", tb),
+        *args.fit_args.split(),
+    ]
+    start = time.time()
+    out = None if os.getenv("BENCH_VERBOSE") else subprocess.DEVNULL
+    subprocess.run(cmd, check=True, stdout=out, stderr=out)
+    wall = time.time() - start
+    (events,) = Path(tb).rglob("events.out.tfevents.*")
+    acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
+    acc.Reload()
+    history = [
+        {"epoch": i, "val_acc": e.value, "wall_s": e.wall_time - start}
+        for i, e in enumerate(acc.Scalars("val/acc"))
+    ]
+    reached = next((h for h in history if h["val_acc"] >= args.target_acc), None)
+    n_train = len(
+        list_samples(Path(args.data) / "train", discover_classes(Path(args.data) / "train"))
+    )
+    walls = [h["wall_s"] for h in history]
+    return {
+        "config": config,
+        "command_wall_s": wall,
+        "history": history,
+        "reached": reached,
+        "epoch_times": [b - a for a, b in zip(walls, walls[1:], strict=False)] or [wall],
+        "samples": [n_train] * max(len(walls) - 1, 1),
+    }
+
+
 PHASES = {
     "naive": lambda a: phase_naive(a),
     "memory": phase_memory,
@@ -378,7 +422,12 @@ PHASES = {
     "lit-sample": lambda a: phase_lit(a, "sample"),
     "tta-naive": lambda a: phase_naive(a, tta=True),
     "tta-lit": lambda a: phase_lit(a, "batch", tta=True),
+    "tta-fit-old": lambda a: phase_fit(a, a.old_config),
+    "tta-fit-new": lambda a: phase_fit(a, a.new_config),
 }
+
+
+TTA_PHASES = ("tta-naive", "tta-lit", "tta-fit-old", "tta-fit-new")
 
 
 def run_child(args: argparse.Namespace) -> None:
@@ -440,6 +489,14 @@ def main() -> None:
         default="unfrozen",
         help="catsdogs: train the head only, or the head and the last 3 backbone blocks",
     )
+    p.add_argument(
+        "--old-config", default=str(ROOT / "configs" / "gtsrb_cnn.yaml"), help="tta-fit-old"
+    )
+    p.add_argument(
+        "--new-config", default=str(ROOT / "configs" / "small_cnn.yaml"), help="tta-fit-new"
+    )
+    p.add_argument("--seed", type=int, default=0, help="tta-fit-*: --seed_everything")
+    p.add_argument("--fit-args", default="", help="tta-fit-*: more fit arguments, one string")
     p.add_argument("--model-class", default=None, help="catsdogs: dotted LightningModule class")
     p.add_argument("--no-channels-last", action="store_true")
     p.add_argument(
@@ -590,7 +647,7 @@ def report(args: argparse.Namespace, results: dict[str, Any]) -> None:
         if f"{num}_img_s" in summary and f"{den}_img_s" in summary:
             summary[f"ratio_{num}/{den}"] = summary[f"{num}_img_s"] / summary[f"{den}_img_s"]
     tta = {}
-    for phase in ("tta-naive", "tta-lit"):
+    for phase in TTA_PHASES:
         if phase in results:
             r = results[phase]
             tta[phase] = r["reached"]["wall_s"] if r["reached"] else None
@@ -600,6 +657,9 @@ def report(args: argparse.Namespace, results: dict[str, Any]) -> None:
             summary[f"{phase}_peak_rss_mb"] = r["peak_rss_mb"]
     if tta.get("tta-naive") and tta.get("tta-lit"):
         summary["tta_speedup"] = tta["tta-naive"] / tta["tta-lit"]
+    for den in ("tta-naive", "tta-fit-old"):
+        if tta.get(den) and tta.get("tta-fit-new"):
+            summary[f"tta_speedup_new/{den[4:]}"] = tta[den] / tta["tta-fit-new"]
 
     lines = [
         f"Machine: {machine}",
@@ -611,7 +671,7 @@ def report(args: argparse.Namespace, results: dict[str, Any]) -> None:
     lines.append("")
     for key in sorted(k for k in summary if k.startswith("ratio_")):
         lines.append(f"- {key[6:]}: **{summary[key]:.2f}x**")
-    for phase in ("tta-naive", "tta-lit"):
+    for phase in TTA_PHASES:
         if phase in results:
             r = results[phase]
             where = (
@@ -622,9 +682,16 @@ def report(args: argparse.Namespace, results: dict[str, Any]) -> None:
             lines.append(
                 f"- time to val/acc >= {args.target_acc} ({phase[4:]}): {where}; best val/acc "
                 f"{summary[f'{phase}_best_acc']:.4f}, peak RSS {r['peak_rss_mb']:.0f} MB"
+                + (
+                    f", whole command {r['command_wall_s']:.0f} s ({Path(r['config']).name})"
+                    if "command_wall_s" in r
+                    else ""
+                )
             )
     if "tta_speedup" in summary:
         lines.append(f"- time-to-accuracy speed-up: **{summary['tta_speedup']:.2f}x**")
+    for key in sorted(k for k in summary if k.startswith("tta_speedup_")):
+        lines.append(f"- time-to-accuracy speed-up {key[12:]}: **{summary[key]:.2f}x**")
     text = "\n".join(lines)
     print("\n" + text)
     out = Path(args.out)

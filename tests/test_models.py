@@ -106,3 +106,20 @@ def test_pooling_names_follow_timm_and_keep_the_concatenation_layout(grid: int) 
     assert cat.multiplier == 2 * grid**2 and GlobalPool("avgmax", grid).multiplier == grid**2
     with pytest.raises(ValueError, match="pooling must be one of"):
         GlobalPool("mean")
+
+
+def test_equalize_luminance_maps_luminance_to_its_rank() -> None:
+    from lit_vision.models import equalize_luminance
+
+    g = torch.Generator().manual_seed(0)
+    gray = 0.2 + 0.3 * torch.rand(2, 1, 8, 8, generator=g)  # dim, low contrast: no clamping
+    x = gray.expand(2, 3, 8, 8) + 0.01 * torch.rand(2, 3, 8, 8, generator=g)
+    out = equalize_luminance(x)
+    w = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    lum = (out * w).sum(1).flatten(1)
+    # uniform over [0, 1] whatever the input's brightness, and in the input's pixel order
+    assert torch.allclose(lum.sort(1).values, torch.linspace(0, 1, 64).expand(2, 64), atol=0.02)
+    assert torch.equal(lum.argsort(1), (x * w).sum(1).flatten(1).argsort(1))
+    # a darker photo of the same scene gets the same luminance
+    darker = (equalize_luminance(x * 0.5) * w).sum(1).flatten(1)
+    assert torch.allclose(darker, lum, atol=0.02)

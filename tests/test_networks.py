@@ -26,3 +26,28 @@ def test_classifier_accepts_uint8_and_float_identically() -> None:
     model = CNNClassifier(3, channels=(8,), hidden=0).eval()
     x8 = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8)
     torch.testing.assert_close(model(x8), model(x8.float() / 255))
+
+
+def test_early_pool_halves_the_work_with_the_same_weights() -> None:
+    from lit_vision.networks import SimpleCNN
+
+    late = SimpleCNN(5, channels=(8, 16), convs_per_block=2, pool_grid=2, hidden=0)
+    early = SimpleCNN(
+        5, channels=(8, 16), convs_per_block=2, pool_grid=2, hidden=0, early_pool=True
+    )
+    assert [p.shape for p in late.parameters()] == [p.shape for p in early.parameters()]
+    kinds = [type(m).__name__ for m in early.features]
+    # each block: conv -> pool -> BN -> ReLU, then its other convs at half resolution
+    assert kinds[:6] == ["Conv2d", "MaxPool2d", "BatchNorm2d", "ReLU", "Conv2d", "BatchNorm2d"]
+    x = torch.randn(2, 3, 32, 32)
+    assert early(x).shape == late(x).shape == (2, 5)
+    sizes: list[int] = []
+    hooks = [
+        m.register_forward_hook(lambda m, i, o: sizes.append(o.shape[-1]))
+        for m in early.features
+        if isinstance(m, torch.nn.Conv2d)
+    ]
+    early(x)
+    for h in hooks:
+        h.remove()
+    assert sizes == [32, 16, 16, 8]  # the second conv of each block runs after the pooling

@@ -70,3 +70,27 @@ def test_compile_flag_keeps_state_dict_keys() -> None:
     keys = set(model.state_dict())
     model.configure_model()  # wraps the network; compiling itself happens lazily on first call
     assert "_compiled_net" in model.__dict__ and set(model.state_dict()) == keys
+
+
+def test_gpu_mixed_false_keeps_fp32_with_tf32(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert auto_precision("auto") == "bf16-mixed"
+    assert auto_precision("auto", gpu_mixed=False) == "32-true"
+    assert auto_precision("cpu", gpu_mixed=False) == "32-true"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(cli, "cpu_has_native_bf16", lambda: True)
+    assert auto_precision("auto", cpu_bf16=True, gpu_mixed=False) == "bf16-mixed"  # CPU: bf16
+
+
+def test_enable_tf32(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lit_vision.precision import enable_tf32
+
+    before = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
+    try:
+        enable_tf32()
+        assert torch.get_float32_matmul_precision() == "high"
+        assert torch.backends.cudnn.allow_tf32
+    finally:
+        torch.set_float32_matmul_precision(before[0])
+        torch.backends.cudnn.allow_tf32 = before[1]

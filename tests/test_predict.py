@@ -19,13 +19,14 @@ from lit_vision.predict import CheckpointError, load_classifier, run_predict
 CONFIG = "configs/gtsrb_cnn.yaml"
 
 
-def fit_tiny(tree: Path, out: Path, epochs: int = 3) -> Path:
-    """Train the gtsrb_cnn config for a few steps on a tiny tree; return last.ckpt."""
+def fit_tiny(tree: Path, out: Path, epochs: int = 3, config: str = CONFIG, *extra: str) -> Path:
+    """Train a config (gtsrb_cnn) for a few steps on a tiny tree; return last.ckpt."""
     main(
         [
             "fit",
             "--config",
-            CONFIG,
+            config,
+            *extra,
             "--data.root",
             str(tree),
             "--data.num_workers",

@@ -22,8 +22,29 @@ from lit_vision.networks import Pooling, SimpleCNN
 from lit_vision.optim import build_optimization
 from lit_vision.spec import CHECKPOINT_KEY, inference_spec
 
+# How forward() normalises pixels: see ImageClassifier's ``input_norm``.
+InputNorm = Literal["dataset", "image", "equalize"]
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def equalize_luminance(x: torch.Tensor) -> torch.Tensor:
+    """Global histogram equalisation of each image's luminance, as a shift of all channels.
+
+    Each pixel's luminance becomes its rank among the image's pixels (0-1); its RGB values move
+    by the same amount, clamped to 0-1, so hue survives. Sorting is exportable (ONNX TopK).
+
+    Args:
+        x: Float RGB batch, NCHW, 0-1.
+
+    Returns:
+        The equalised batch, same shape.
+    """
+    n, _, h, w = x.shape
+    weights = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype, device=x.device)
+    y = (x * weights.view(1, 3, 1, 1)).sum(1).reshape(n, h * w)
+    ranks = y.argsort(dim=1).argsort(dim=1).to(x.dtype) / max(h * w - 1, 1)
+    return (x + (ranks - y).view(n, 1, h, w)).clamp(0, 1)
 
 
 class ImageClassifier(L.LightningModule):
@@ -52,7 +73,9 @@ class ImageClassifier(L.LightningModule):
             tensor-core GPUs).
         input_norm: ``dataset`` subtracts ``mean`` and divides by ``std``; ``image``
             standardises each image by its own mean and std (robust to the very dark and
-            very bright photos of road signs; ignores ``mean``/``std``).
+            very bright photos of road signs; ignores ``mean``/``std``); ``equalize`` first
+            equalises each image's luminance histogram (in the graph, so exports take raw
+            pixels too), then standardises it.
         compile: Run the network through ``torch.compile`` (first steps are slow while it
             compiles; checkpoints are unchanged).
         scale_lr: Scale the learning rates with the effective batch (``lr_scale_factor``):
@@ -74,7 +97,7 @@ class ImageClassifier(L.LightningModule):
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         channels_last: bool = True,
-        input_norm: Literal["dataset", "image"] = "dataset",
+        input_norm: InputNorm = "dataset",
         compile: bool = False,
         scale_lr: ScaleLR = "none",
         class_weights: Balance = "auto",
@@ -150,7 +173,9 @@ class ImageClassifier(L.LightningModule):
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 0-255 or float 0-1 images to normalised float, in the model's memory format."""
         x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
-        if self.input_norm == "image":
+        if self.input_norm == "equalize":
+            x = equalize_luminance(x)
+        if self.input_norm in ("image", "equalize"):
             mean = x.mean(dim=(1, 2, 3), keepdim=True)
             std = x.std(dim=(1, 2, 3), keepdim=True).clamp_min(1.0 / 255)
             x = (x - mean) / std
@@ -245,6 +270,7 @@ class CNNClassifier(ImageClassifier):
         pool_grid: Pool to a grid this size before the head (1: global pooling).
         hidden: Hidden units of the dense head (0 for none).
         dropout: Head dropout.
+        early_pool: Pool after each block's first convolution (about half the compute).
         optimizer: Optimizer factory (Adam 1e-3 by default).
         scheduler: Optional LR scheduler factory.
         label_smoothing: Cross-entropy label smoothing.
@@ -270,13 +296,14 @@ class CNNClassifier(ImageClassifier):
         pool_grid: int = 1,
         hidden: int = 256,
         dropout: float = 0.3,
+        early_pool: bool = False,
         optimizer: OptimizerCallable = torch.optim.Adam,
         scheduler: LRSchedulerCallable | None = None,
         label_smoothing: float = 0.0,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         channels_last: bool = True,
-        input_norm: Literal["dataset", "image"] = "dataset",
+        input_norm: InputNorm = "dataset",
         compile: bool = False,
         scale_lr: ScaleLR = "none",
         class_weights: Balance = "auto",
@@ -309,4 +336,5 @@ class CNNClassifier(ImageClassifier):
             pool_grid=hp.pool_grid,
             hidden=hp.hidden,
             dropout=hp.dropout,
+            early_pool=hp.get("early_pool", False),  # absent from older checkpoints
         )

@@ -21,7 +21,7 @@ from lit_vision.distributed import ScaleLR
 from lit_vision.feature_store import FeatureStore, store_for
 from lit_vision.features import FeatureSet, compute_features
 from lit_vision.finetune import FreezeSchedule
-from lit_vision.models import ImageClassifier
+from lit_vision.models import ImageClassifier, InputNorm
 from lit_vision.networks import Pooling, TransferNet
 from lit_vision.precision import cpu_has_native_bf16
 
@@ -136,7 +136,7 @@ class TransferClassifier(FreezeSchedule, ImageClassifier):
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         channels_last: bool = True,
-        input_norm: Literal["dataset", "image"] = "dataset",
+        input_norm: InputNorm = "dataset",
         compile: bool = False,
         scale_lr: ScaleLR = "none",
         class_weights: Balance = "auto",
