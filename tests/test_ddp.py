@@ -14,6 +14,8 @@ import pytest
 import torch
 import yaml
 from conftest import REPO, make_split_tree
+from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
+from torch.utils.data import DistributedSampler
 
 from lit_vision.__main__ import main, run_command
 from lit_vision.cli import auto_precision
@@ -167,9 +169,55 @@ def test_eval_loaders_split_samples_once(split_tree: Path, world: int) -> None:
         dm.setup("fit")
         ds = dm.datasets["val"]
         seen += [ds.samples[i][0] for i in dm.val_dataloader().sampler]
-        # training: the seeded, resumable EpochSampler, which Lightning wraps per rank
+        # training: the seeded, resumable EpochSampler, sharding the epoch by rank itself
         assert isinstance(dm.train_dataloader().sampler, EpochSampler)
     assert sorted(seen) == sorted(p for p, _ in ds.samples)  # 12 images: each exactly once
+
+
+def _rank_epoch(root: Path, world: int, rank: int, resume: dict[str, int] | None) -> list:
+    """Rank ``rank``'s ``(index, seed)`` pairs of epoch 1, as Lightning's DDP hands them over.
+
+    Lightning keeps a ``DistributedSampler`` it is given and wraps any other sampler in a
+    ``DistributedSamplerWrapper`` (``use_distributed_sampler``); both cases are followed here.
+    """
+    dm = ImageFolderDataModule(root, image_size=16, batch_size=4, num_workers=0, cache=False)
+    dm.trainer = SimpleNamespace(
+        distributed_sampler_kwargs={"num_replicas": world, "rank": rank},
+        num_devices=world,
+        lightning_module=None,
+    )
+    dm.setup("fit")
+    if resume is not None:  # the checkpoint's state, as Lightning restores it before iterating
+        dm.load_state_dict(resume)
+    sampler = dm.train_dataloader().sampler
+    if not isinstance(sampler, DistributedSampler):
+        sampler = DistributedSamplerWrapper(sampler, num_replicas=world, rank=rank, shuffle=False)
+    sampler.set_epoch(1)
+    return list(sampler)
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_mid_epoch_resume_under_ddp_is_exact(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, world: int
+) -> None:
+    monkeypatch.setenv("PL_GLOBAL_SEED", "7")
+    root = make_split_tree(tmp_path / "data", train=7)  # 21 images: ranks need padding
+    done = 1  # batches of 4 every rank trained in epoch 1 before the kill
+    trained: list[int] = []
+    for rank in range(world):
+        full = _rank_epoch(root, world, rank, None)
+        resumed = _rank_epoch(root, world, rank, {"epoch": 1, "skip": done * 4})
+        # the resumed rank continues its own share where it stopped: no repeats, no crash
+        assert resumed == full[done * 4 :]
+        trained += [i for i, _ in full]
+        # the shares (and seeds) are the ones Lightning's wrapper gave before: same DDP training
+        wrapped = DistributedSamplerWrapper(
+            EpochSampler(21, 7), num_replicas=world, rank=rank, shuffle=False
+        )
+        wrapped.set_epoch(1)
+        assert full == list(wrapped)
+    # the epoch is the one an uninterrupted DDP run sees: every image, the shares disjoint
+    assert set(trained) == set(range(21)) and len(trained) == -(-21 // world) * world
 
 
 def test_materialize_digits_concurrently(tmp_path: Path) -> None:
