@@ -23,6 +23,7 @@ from lit_vision.data import EpochSampler, ImageFolderDataModule
 from lit_vision.digits import materialize_digits
 from lit_vision.distributed import lr_scale_factor
 from lit_vision.models import CNNClassifier
+from lit_vision.resume import FaultTolerance
 
 GTSRB = str(REPO / "configs" / "gtsrb_cnn.yaml")
 TINY = [
@@ -218,6 +219,42 @@ def test_mid_epoch_resume_under_ddp_is_exact(
         assert full == list(wrapped)
     # the epoch is the one an uninterrupted DDP run sees: every image, the shares disjoint
     assert set(trained) == set(range(21)) and len(trained) == -(-21 // world) * world
+
+
+class _Strategy:
+    """The collectives FaultTolerance uses, answering as the other ranks would."""
+
+    def __init__(self, others_due: bool, rng_of_rank: dict[int, object]) -> None:
+        self.others_due, self.rng_of_rank, self.reduced = others_due, rng_of_rank, []
+
+    def reduce_boolean_decision(self, decision: bool, all: bool = True) -> bool:  # noqa: A002
+        self.reduced.append((decision, all))
+        return decision or (self.others_due and not all)
+
+    def broadcast(self, obj: object, src: int = 0) -> object:
+        return self.rng_of_rank[src]
+
+
+def test_mid_epoch_saves_agree_across_ranks(monkeypatch: pytest.MonkeyPatch) -> None:
+    saved: list[object] = []
+    monkeypatch.setattr("lit_vision.resume.save_last", saved.append)
+    # this rank's clock is not due yet, another rank's is: saving is collective, so both save
+    trainer = SimpleNamespace(world_size=2, strategy=_Strategy(True, {}))
+    FaultTolerance(save_every_minutes=10.0).on_train_batch_end(trainer, None, None, None, 0)
+    assert trainer.strategy.reduced == [(False, False)] and saved == [trainer]
+
+
+def test_each_rank_resumes_its_own_rng_state() -> None:
+    own = {0: {"torch": torch.tensor([0])}, 1: {"torch": torch.tensor([1])}}
+    checkpoint: dict = {"state_dict": {}}
+    rank1 = SimpleNamespace(world_size=2, global_rank=1, strategy=_Strategy(False, own))
+    FaultTolerance().on_save_checkpoint(rank1, None, checkpoint)
+    assert checkpoint["lit_vision_rng_ranks"] == [own[0], own[1]]
+    guard = FaultTolerance()
+    guard.on_load_checkpoint(rank1, None, checkpoint)
+    assert guard._resume["rng"] is own[1]  # not rank 0's dropout stream
+    guard.on_load_checkpoint(SimpleNamespace(world_size=1, global_rank=0), None, checkpoint)
+    assert guard._resume["rng"] is checkpoint["lit_vision_rng"]  # another world size: rank 0's
 
 
 def test_materialize_digits_concurrently(tmp_path: Path) -> None:
