@@ -9,7 +9,7 @@
 ``build`` writes every GTSRB image at several sizes and crops (a large, varied tree on local
 disk, not committed); ``loader`` times one data path in its own process and prints one JSON
 line (images/s, peak RSS of the process, RSS of its live loader workers); ``e2e`` builds a tree of
-~1-megapixel JPEGs from cats/dogs (``build-jpeg``) and its 64 px stream if absent, then times
+~2-megapixel JPEGs from cats/dogs (``build-jpeg``) and its 64 px stream if absent, then times
 whole training steps (batch augmentation, a light CNN) in turn: the folder DataModule's PIL
 fallback (its cache budget set below the decoded size), the stream, and the model on batches
 already in memory (the compute limit), with ratios against PIL; ``fit-pair`` runs ``fit``
@@ -77,9 +77,9 @@ def build(src: Path, dst: Path, variants: int, val_fraction: float) -> None:
     print(json.dumps({"images": total, "seconds": round(time.perf_counter() - start, 1)}))
 
 
-# (scale, crop fraction) of every cats/dogs JPEG (150-500 px): photos of ~1 megapixel on
-# average (0.1-5.7 MP with the first 3), re-encoded; trained at 64 px, so the folder path
-# spends its time decoding files.
+# (scale, crop fraction) of every cats/dogs JPEG (mostly 150-500 px): photos of ~2 megapixels
+# on average (the first 3: mean 1.9, median 1.8, up to 12.6), re-encoded; trained at 64 px,
+# so the folder path spends its time decoding files.
 _JPEG_VARIANTS = [(3.0, 1.0), (4.0, 0.9), (5.0, 0.8), (3.5, 1.0), (4.5, 0.85), (2.5, 1.0)]
 
 
@@ -117,15 +117,17 @@ def build_jpeg(src: Path, dst: Path, variants: int, val_fraction: float) -> None
 
 
 def _peaks() -> dict[str, float]:
-    """Peak RSS of this process, and the RSS of its live children (the loader workers) now.
+    """Peak RSS of this process, and the memory its live children (loader workers) add now.
 
+    The workers' USS (pages only they hold; forked workers share the rest with this process).
     RUSAGE_CHILDREN would not do: ``import torch`` already runs a ~430 MB child process.
     """
     import psutil
 
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    children = [c.memory_info().rss / 1024**2 for c in psutil.Process().children(recursive=True)]
-    return {"peak_rss_mb": round(own), "workers_rss_mb": round(sum(children))}
+    children = psutil.Process().children(recursive=True)
+    uss = sum(c.memory_full_info().uss for c in children) / 1024**2
+    return {"peak_rss_mb": round(own), "workers_uss_mb": round(uss)}
 
 
 def _datamodule(args: argparse.Namespace):  # noqa: ANN202
@@ -196,7 +198,8 @@ def time_loader(args: argparse.Namespace) -> dict[str, object]:
     """Images/s of one data path feeding a training step (``--train``) or alone."""
     import torch
 
-    torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
+    # 0: torch's default (every core), as fit runs; R63-R68 used half the cores (the default).
+    torch.set_num_threads(args.threads or torch.get_num_threads())
     batches, info = _batches(args)
     step = _train_step(args, int(info["classes"])) if args.train else None
     n, start = 0, time.perf_counter()
@@ -239,6 +242,7 @@ def end_to_end(args: argparse.Namespace) -> dict[str, object]:
         _subprocess([sys.executable, "-m", "lit_vision", "optimize", "--data.root", str(tree),
                      "--output", args.stream, "--image_size", str(args.size)])  # fmt: skip
     common = ["--train", "--augment", "--size", str(args.size), "--channels", args.channels,
+              "--threads", str(args.threads),
               "--hidden", str(args.hidden), "--batches", str(args.batches)]  # fmt: skip
     kinds = {
         "model": ["--kind", "model", "--classes", str(len(list((tree / "train").iterdir())))],
@@ -260,7 +264,7 @@ def end_to_end(args: argparse.Namespace) -> dict[str, object]:
         "model_over_pil": round(speed["model"] / speed["pil"], 2),
         "stream_over_model": round(speed["stream"] / speed["model"], 2),
         "peak_rss_mb": {k: max(r["peak_rss_mb"] for r in rows if r["kind"] == k) for k in kinds},
-        "pil_workers_rss_mb": pil["workers_rss_mb"], "pil_workers": pil["workers"],
+        "pil_workers_uss_mb": pil["workers_uss_mb"], "pil_workers": pil["workers"],
         "pil_fallback": not pil["decoded_cache"], "train_images": pil["images"],
         "decoded_gb": round(decoded_gb, 2), "cache_budget_gb": args.budget_gb,
     }  # fmt: skip
@@ -349,6 +353,7 @@ def _loader_args(t: argparse.ArgumentParser) -> None:
     t.add_argument("--channels", default="32,64,128", help="gtsrb_cnn's; e.g. 8 for a light model")
     t.add_argument("--hidden", type=int, default=256)
     t.add_argument("--classes", type=int, default=43, help="model: classes of the random labels")
+    t.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) // 2), help="0: all")
 
 
 def main() -> None:
@@ -378,6 +383,9 @@ def main() -> None:
     e.add_argument("--batches", type=int, default=75, help="at most one epoch (84 batches)")
     e.add_argument("--rounds", type=int, default=2)
     e.add_argument("--budget_gb", type=float, default=0.05, help="below the decoded tree's size")
+    # Half the cores for torch, the rest for PIL's loader workers (conservative for the stream,
+    # which leaves them idle); 0 (torch's default, as fit) oversubscribes the PIL path.
+    e.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) // 2))
     f = sub.add_parser("fit-pair")
     f.add_argument("--folder", default="/tmp/lv/gtsrb")
     f.add_argument("--stream", default="/tmp/lv_scale/gtsrb_stream")
