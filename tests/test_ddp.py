@@ -221,6 +221,37 @@ def test_mid_epoch_resume_under_ddp_is_exact(
     assert set(trained) == set(range(21)) and len(trained) == -(-21 // world) * world
 
 
+def _ddp_fit(data: Path, save_dir: Path, *extra: str) -> subprocess.CompletedProcess:
+    """A tiny 2-process CPU DDP fit (2 epochs of 6 batches per rank), last.ckpt every batch."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), str(REPO / "tests")])
+    cmd = [sys.executable, "-m", "lit_vision", "fit", "--config", GTSRB, "--data.root", str(data),
+           *TINY, "--trainer.max_epochs", "2", "--trainer.accelerator", "cpu",
+           "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.deterministic", "true",
+           "--trainer.logger.init_args.save_dir", str(save_dir),
+           "--fault_tolerance.save_every_minutes", "1e-9", *extra]  # fmt: skip
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+
+
+@pytest.mark.slow  # three 2-process fits
+def test_ddp_killed_mid_epoch_resumes_bitwise(tmp_path: Path) -> None:
+    data = make_split_tree(tmp_path / "data", classes=3, train=16, val=4, test=0, size=16)
+    full = _ddp_fit(data, tmp_path / "full")
+    assert full.returncode == 0, full.stderr[-3000:]
+    kill = {"class_path": "faultinject.SignalAt", "init_args": {"epoch": 1, "batch": 3}}
+    killed = _ddp_fit(data, tmp_path / "cut", "--trainer.callbacks+=" + json.dumps(kill))
+    assert killed.returncode == -9  # both ranks SIGKILLed in epoch 1, after its batch 3
+    resumed = _ddp_fit(data, tmp_path / "cut", "--ckpt_path", "last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]  # was: IndexError in the sampler
+    weights = []
+    for run in ("full", "cut"):
+        path = tmp_path / run / "gtsrb_cnn" / "version_0" / "checkpoints" / "last.ckpt"
+        ckpt = torch.load(path, weights_only=False)
+        assert ckpt["global_step"] == 12
+        weights.append(ckpt["state_dict"])
+    assert [k for k in weights[0] if not torch.equal(weights[0][k], weights[1][k])] == []
+
+
 class _Strategy:
     """The collectives FaultTolerance uses, answering as the other ranks would."""
 
