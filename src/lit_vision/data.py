@@ -352,7 +352,10 @@ class ImageFolderDataModule(L.LightningDataModule):
         if features is not None:  # the model serves cached backbone features: no image work
             batches, workers = FeatureBatches(features), 0
         if shuffle:  # the seeded, resumable order (class-balanced with `balance`)
-            order: dict[str, Any] = self.train_order.loader_kwargs(len(dataset), balanced(self))
+            shard = getattr(self.trainer, "distributed_sampler_kwargs", None)  # DDP: rank's share
+            order: dict[str, Any] = self.train_order.loader_kwargs(
+                len(dataset), balanced(self), shard
+            )
         else:
             order = {"shuffle": False, "sampler": eval_sampler(self.trainer, dataset)}
         drop_last = shuffle and len(dataset) > self.batch_size

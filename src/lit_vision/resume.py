@@ -115,10 +115,14 @@ class FaultTolerance(Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        if (
-            self.save_every_minutes <= 0
-            or time.monotonic() - self._last_save < 60 * self.save_every_minutes
-        ):
+        if self.save_every_minutes <= 0:
+            return
+        due = time.monotonic() - self._last_save >= 60 * self.save_every_minutes
+        if trainer.world_size > 1:
+            # Saving is collective (every rank dumps its state, then a barrier) and each rank's
+            # clock started at its own moment: all save at the batch the first one is due.
+            due = trainer.strategy.reduce_boolean_decision(due, all=False)
+        if not due:
             return
         save_last(trainer)
         self._last_save = time.monotonic()
@@ -155,6 +159,13 @@ class FaultTolerance(Callback):
             if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())
         ]
         checkpoint["lit_vision_rng"] = _rng_states()
+        if trainer.world_size > 1:
+            # Rank 0 writes the file, but every rank draws its own dropout masks: keep each
+            # rank's state (every rank runs this hook, so the broadcasts pair up).
+            checkpoint["lit_vision_rng_ranks"] = [
+                trainer.strategy.broadcast(checkpoint["lit_vision_rng"], src=r)
+                for r in range(trainer.world_size)
+            ]
         if bad:
             raise NonFiniteLossError(
                 f"parameters {', '.join(bad[:3])} are not finite at epoch {trainer.current_epoch}, "
@@ -171,7 +182,7 @@ class FaultTolerance(Callback):
         self._resume = {
             "epoch": checkpoint.get("epoch"),
             "batches": progress.get("current", {}).get("processed", 0),  # optimizer steps done
-            "rng": checkpoint.get("lit_vision_rng"),
+            "rng": _rank_rng(checkpoint, trainer),
         }
 
     def on_exception(
@@ -200,6 +211,14 @@ def save_last(trainer: L.Trainer) -> Path | None:
     ckpt.last_model_path = str(path)
     trainer.save_checkpoint(path, weights_only=False)  # full state, for resume
     return path
+
+
+def _rank_rng(checkpoint: dict[str, Any], trainer: L.Trainer) -> dict[str, Any] | None:
+    """This rank's RNG state of a checkpoint: its own under DDP when the world size is the same."""
+    ranks = checkpoint.get("lit_vision_rng_ranks")
+    if ranks is not None and len(ranks) == trainer.world_size:
+        return ranks[trainer.global_rank]
+    return checkpoint.get("lit_vision_rng")
 
 
 def _rng_states() -> dict[str, Any]:

@@ -9,25 +9,37 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import DistributedSampler
 
 
-class EpochSampler(torch.utils.data.Sampler):
+class EpochSampler(DistributedSampler):
     """Shuffled ``(index, seed)`` pairs that depend only on the base seed and the epoch.
 
     Lightning calls ``set_epoch`` before each training epoch; the order and each sample's
     augmentation seed are then a pure function of ``(seed, epoch)``, whatever the number of
     workers and whether the run was resumed, so a resumed run repeats an epoch exactly.
 
+    Under several processes it yields its rank's share itself (a ``DistributedSampler``, which
+    Lightning keeps instead of wrapping): the epoch's order padded to a multiple of
+    ``num_replicas`` and strided ``rank::num_replicas``, the shares Lightning's
+    ``DistributedSamplerWrapper`` would give. Sharding here is what makes a mid-epoch resume
+    exact under DDP: ``skip`` counts the samples *this rank* trained on and is applied to its
+    share; the wrapper would apply it to the whole order and then index past its end.
+
     Args:
         n: Dataset length.
         seed: Base seed.
+        num_replicas: Processes sharing the epoch (the trainer's ``distributed_sampler_kwargs``).
+        rank: This process's global rank.
     """
 
-    def __init__(self, n: int, seed: int = 0) -> None:
+    def __init__(self, n: int, seed: int = 0, num_replicas: int = 1, rank: int = 0) -> None:
+        # Sets num_replicas, rank, num_samples (the share: ceil(n / num_replicas)), total_size.
+        super().__init__(range(n), num_replicas=num_replicas, rank=rank, shuffle=False, seed=seed)
         self.n = n
         self.seed = seed
         self.epoch = 0
-        self.skip = 0  # samples of this epoch already trained on (a mid-epoch resume sets it)
+        self.skip = 0  # samples of this rank's share already trained on (a mid-epoch resume)
         self._epoch_given = False
 
     def set_epoch(self, epoch: int) -> None:
@@ -40,23 +52,26 @@ class EpochSampler(torch.utils.data.Sampler):
         self._epoch_given = True
 
     def __len__(self) -> int:
-        """Dataset length (``skip`` shortens only the next pass, not the epoch)."""
-        return self.n
+        """This rank's share of the epoch (``skip`` shortens only the next pass, not the epoch)."""
+        return self.num_samples
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        """``(index, augmentation seed)`` pairs of the epoch, less the first ``skip`` of them."""
+        """This rank's ``(index, augmentation seed)`` pairs of the epoch, less the first ``skip``."""
         epoch = self.epoch
         if not self._epoch_given:
-            # Nobody calls set_epoch (e.g. inside Lightning's DistributedSamplerWrapper):
-            # count passes, so each epoch still gets fresh augmentations.
+            # Nobody calls set_epoch (a loader used outside Lightning's fit loop): count
+            # passes, so each epoch still gets fresh augmentations.
             self.epoch += 1
         self._epoch_given = False
         state = np.random.SeedSequence([self.seed, epoch]).generate_state(2, np.uint32)
         rng = np.random.default_rng(state)
         order = self._order(rng)
         seeds = rng.integers(0, 2**31 - 1, size=self.n)
+        # DistributedSampler's shares: pad by repeating the order's start, then stride by rank.
+        share = (np.arange(self.total_size) % max(self.n, 1))[self.rank :: self.num_replicas]
         skip, self.skip = self.skip, 0
-        return iter(zip(order[skip:].tolist(), seeds[skip:].tolist(), strict=True))
+        share = share[skip:]
+        return iter(zip(order[share].tolist(), seeds[share].tolist(), strict=True))
 
     def _order(self, rng: np.random.Generator) -> np.ndarray:
         """The epoch's ``n`` dataset indices: a permutation."""
@@ -74,10 +89,14 @@ class WeightedEpochSampler(EpochSampler):
     Args:
         targets: Class index of every sample, in dataset order.
         seed: Base seed.
+        num_replicas: Processes sharing the epoch.
+        rank: This process's global rank.
     """
 
-    def __init__(self, targets: Sequence[int], seed: int = 0) -> None:
-        super().__init__(len(targets), seed)
+    def __init__(
+        self, targets: Sequence[int], seed: int = 0, num_replicas: int = 1, rank: int = 0
+    ) -> None:
+        super().__init__(len(targets), seed, num_replicas, rank)
         labels = np.asarray(targets, dtype=np.int64)
         weights = 1.0 / np.bincount(labels)[labels] if labels.size else np.ones(0)
         self.probabilities = weights / weights.sum() if labels.size else weights
@@ -148,13 +167,20 @@ class TrainOrder:
         self.pending: ResumePoint | None = None
         self.sampler: EpochSampler | None = None  # the latest loader's, which a restore moves
 
-    def loader_kwargs(self, n: int, balance_targets: Sequence[int] | None = None) -> dict[str, Any]:
+    def loader_kwargs(
+        self,
+        n: int,
+        balance_targets: Sequence[int] | None = None,
+        shard: dict[str, int] | None = None,
+    ) -> dict[str, Any]:
         """``sampler`` and ``generator`` arguments of a shuffled training DataLoader.
 
         Args:
             n: Dataset length.
             balance_targets: The samples' class indices, to draw the classes equally often
                 (:class:`WeightedEpochSampler`); ``None``: a plain shuffle.
+            shard: ``{"num_replicas", "rank"}`` under several processes (the trainer's
+                ``distributed_sampler_kwargs``): the sampler yields this rank's share.
 
         Returns:
             An :class:`EpochSampler` (or :class:`WeightedEpochSampler`) and a private
@@ -165,10 +191,11 @@ class TrainOrder:
         # A private generator for the loader's own draw (worker base seed), so creating an
         # iterator (again, after a resume) does not move the global RNG that dropout uses.
         generator = torch.Generator().manual_seed(self.seed)
+        ranks = {k: int(v) for k, v in (shard or {}).items() if k in ("num_replicas", "rank")}
         sampler = (
-            EpochSampler(n, self.seed)
+            EpochSampler(n, self.seed, **ranks)
             if balance_targets is None
-            else WeightedEpochSampler(balance_targets, self.seed)
+            else WeightedEpochSampler(balance_targets, self.seed, **ranks)
         )
         if self.pending is not None:
             # Lightning creates the iterator (and workers prefetch) before any epoch hook runs,
