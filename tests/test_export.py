@@ -185,9 +185,10 @@ def test_deprecated_exporters_are_opt_in_and_warn(cnn_ckpt: Path, tree: Path, tm
 
 
 def test_export_small_cnn_parity(tree: Path, tmp_path: Path) -> None:
-    """small_cnn.yaml's graph (early pooling, in-graph histogram equalisation) exports exactly."""
+    """small_cnn.yaml with the graph options (early pooling, histogram equalisation) exports exactly."""
     config = str(Path(__file__).resolve().parents[1] / "configs" / "small_cnn.yaml")
-    ckpt = fit_tiny(tree, tmp_path / "run", 1, config, "--model.init_args.input_norm", "equalize")
+    options = ("--model.init_args.input_norm", "equalize", "--model.init_args.early_pool", "true")
+    ckpt = fit_tiny(tree, tmp_path / "run", 1, config, *options)
     model, _ = load_classifier(ckpt)
     assert model.hparams.early_pool and model.hparams.input_norm == "equalize"
     check_export(ckpt, tree / "test", tmp_path / "export")

@@ -186,7 +186,7 @@ def test_non_finite_parameters_never_saved() -> None:
     guard = FaultTolerance()
 
     class Trainer:
-        current_epoch, global_step, checkpoint_callback = 3, 99, None
+        current_epoch, global_step, checkpoint_callback, world_size = 3, 99, None, 1
 
     with pytest.raises(NonFiniteLossError, match="checkpoint not written"):
         guard.on_save_checkpoint(
