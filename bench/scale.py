@@ -15,7 +15,7 @@ fallback (its cache budget set below the decoded size), the stream, and the mode
 already in memory (the compute limit), with ratios against PIL; ``fit-pair`` runs ``fit``
 from the folder (decoded cache) and from its stream with the same config and seed, in turn;
 ``ddp-once`` streams one epoch in 2 gloo processes and checks every sample is seen exactly
-once across the ranks. Results: docs/results.md R60-R69.
+once across the ranks. Results: docs/results.md R60-R69, R88-R90.
 """
 
 from __future__ import annotations
