@@ -21,6 +21,7 @@ once across the ranks. Results: docs/results.md R60-R69, R88-R90.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import resource
@@ -43,18 +44,20 @@ _VARIANTS = [(s, c) for c in (1.0, 0.8) for s in (1.0, 1.5, 2.0, 3.0)] + [
 ]
 
 
-def _write_variants(job: tuple[str, str, int]) -> int:
+def _write_variants(job: tuple[str, str, int], fmt: str = "ppm") -> int:
+    """Write the first ``variants`` (scale, crop) copies of one image as ``{dst_stem}_vK.{fmt}``."""
     src, dst_stem, variants = job
+    table, save_args = _FORMATS[fmt]
     with Image.open(src) as img:
         img = img.convert("RGB")
         w, h = img.size
-        for k, (scale, crop) in enumerate(_VARIANTS[:variants]):
+        for k, (scale, crop) in enumerate(table[:variants]):
             cw, ch = max(8, int(w * crop)), max(8, int(h * crop))
             x0, y0 = (w - cw) // 2, (h - ch) // 2
             out = img.crop((x0, y0, x0 + cw, y0 + ch)).resize(
                 (max(8, int(cw * scale)), max(8, int(ch * scale))), Image.Resampling.BILINEAR
             )
-            out.save(f"{dst_stem}_v{k}.ppm")
+            out.save(f"{dst_stem}_v{k}.{fmt}", **save_args)
     return variants
 
 
@@ -83,19 +86,11 @@ def build(src: Path, dst: Path, variants: int, val_fraction: float) -> None:
 _JPEG_VARIANTS = [(3.0, 1.0), (4.0, 0.9), (5.0, 0.8), (3.5, 1.0), (4.5, 0.85), (2.5, 1.0)]
 
 
-def _write_jpeg_variants(job: tuple[str, str, int]) -> int:
-    src, dst_stem, variants = job
-    with Image.open(src) as img:
-        img = img.convert("RGB")
-        w, h = img.size
-        for k, (scale, crop) in enumerate(_JPEG_VARIANTS[:variants]):
-            cw, ch = max(8, int(w * crop)), max(8, int(h * crop))
-            x0, y0 = (w - cw) // 2, (h - ch) // 2
-            out = img.crop((x0, y0, x0 + cw, y0 + ch)).resize(
-                (int(cw * scale), int(ch * scale)), Image.Resampling.BILINEAR
-            )
-            out.save(f"{dst_stem}_v{k}.jpg", quality=90)
-    return variants
+# Each output format: its (scale, crop) table and PIL save options.
+_FORMATS: dict[str, tuple[list[tuple[float, float]], dict[str, int]]] = {
+    "ppm": (_VARIANTS, {}),
+    "jpg": (_JPEG_VARIANTS, {"quality": 90}),
+}
 
 
 def build_jpeg(src: Path, dst: Path, variants: int, val_fraction: float) -> None:
@@ -110,7 +105,7 @@ def build_jpeg(src: Path, dst: Path, variants: int, val_fraction: float) -> None
             jobs.append((str(f), str(out_dir / f.stem.replace(".", "_")), variants))
     start = time.perf_counter()
     with ProcessPoolExecutor(os.cpu_count()) as pool:
-        total = sum(pool.map(_write_jpeg_variants, jobs, chunksize=32))
+        total = sum(pool.map(functools.partial(_write_variants, fmt="jpg"), jobs, chunksize=32))
     size = sum(f.stat().st_size for f in dst.rglob("*.jpg"))
     print(json.dumps({"images": total, "gb": round(size / 1e9, 2),
                       "seconds": round(time.perf_counter() - start, 1)}))  # fmt: skip
