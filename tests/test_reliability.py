@@ -223,8 +223,13 @@ def test_config_mistakes_from_the_shell_give_one_line(args: list[str], expected:
             "error: --data.on_bad: Expected a typing.Literal['error', 'skip']",
         ),
         (["--model.init_args.chanels", "[4]"], "error: --model.chanels is not an option"),
+        (["--data.hflip", "maybe"], "error: --data.hflip: expected bool or 'auto', got 'maybe'"),
+        (
+            ["--data.image_size", "big"],
+            "error: --data.image_size: expected int or 'auto', got 'big'",
+        ),
     ],
-    ids=["type", "trainer-typo", "choice", "model-typo"],
+    ids=["type", "trainer-typo", "choice", "model-typo", "union", "union-int"],
 )
 def test_config_mistakes_one_line(
     args: list[str], expected: str, capsys: pytest.CaptureFixture[str]

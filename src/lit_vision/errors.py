@@ -61,6 +61,9 @@ def config_error_line(message: str) -> str:
         "Problem with given class_path",
     )
     lines = [re.sub(r'^Parser key "[^"]+":\s*', "", line) for line in lines]
+    expected = _union_expectation(lines)
+    if expected and keys:
+        return f"--{'.'.join(keys)}: {expected}"
     reasons = [
         re.sub(r"^- ", "", line) for line in lines if line and not any(n in line for n in noise)
     ]
@@ -70,6 +73,29 @@ def config_error_line(message: str) -> str:
     if unknown and key:
         return f"--{key}.{unknown.group(1)} is not an option (typo? see --help)"
     return f"--{key}: {reason}" if key else reason
+
+
+def _type_name(text: str) -> str:
+    """``<class 'bool'>`` -> ``bool``; ``typing.Literal['a', 'b']`` -> ``'a' or 'b'``."""
+    literal = re.fullmatch(r"typing\.Literal\[(.*)\]", text)
+    if literal:
+        return " or ".join(v.strip() for v in literal.group(1).split(","))
+    cls = re.fullmatch(r"<class '(?:\w+\.)*(\w+)'>", text)
+    name = cls.group(1) if cls else text
+    return name
+
+
+def _union_expectation(lines: list[str]) -> str:
+    """For a value no type of a Union accepts: ``expected bool or 'auto', got 'maybe'``."""
+    wanted = [m.group(1) for line in lines if (m := re.match(r"- Expected an? (.+)$", line))]
+    if len(wanted) < 2:
+        return ""
+    given = next(
+        (line.split(":", 1)[1].strip() for line in lines if line.startswith("Given value:")), ""
+    )
+    # NoneType is in every Union of a subclass argument's options: noise, as above.
+    names = " or ".join(dict.fromkeys(_type_name(w) for w in wanted if "NoneType" not in w))
+    return f"expected {names}, got {given!r}" if given else f"expected {names}"
 
 
 class NonFiniteLossError(LitVisionError, RuntimeError):
