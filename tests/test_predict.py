@@ -162,6 +162,27 @@ def test_predict_accuracy_matches_test(trained: tuple[Path, Path], tmp_path: Pat
     assert len({int(np.argmax(r.probs)) for r in result.rows}) > 1
 
 
+def test_predict_interval_over_the_splits_groups(
+    trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A folder from a grouped split: the interval counts groups, and errors are listed by group."""
+    tree, ckpt = trained
+    split = tmp_path / "split"
+    for i, image in enumerate(sorted((tree / "test").rglob("*.png"))):
+        target = split / "test" / image.parent.name / f"{i % 2}_{image.name}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(image, target)
+    (split / "split_plan.json").write_text('{"group_regex": "^(\\\\d)_"}')
+    args = ["predict", "--ckpt", str(ckpt), "--input", str(split / "test"), "--progress", "false"]
+    assert main([*args, "--output", str(tmp_path / "a.csv")]) == 0
+    grouped = capsys.readouterr().out
+    assert "bootstrap over 6 groups" in grouped and "in groups by ^(\\d)_" in grouped, grouped
+    assert main([*args, "--output", str(tmp_path / "b.csv"), "--group_regex", "none"]) == 0
+    assert "interval" in (plain := capsys.readouterr().out) and "18 images)" in plain, plain
+    assert main([*args, "--output", str(tmp_path / "c.csv"), "--group_regex", "("]) == 2
+    assert "--group_regex '(' is not a valid regex" in capsys.readouterr().err
+
+
 def test_hflip_tta_averages_mirror(trained: tuple[Path, Path], tmp_path: Path) -> None:
     tree, ckpt = trained
     plain = run_predict(ckpt, [tree / "val"], tmp_path / "a.csv", device="cpu", quiet=True)

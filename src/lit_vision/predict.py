@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import sys
 import time
@@ -19,8 +18,15 @@ from lit_vision.checkpoints import CheckpointError, model_class, model_kwargs, r
 from lit_vision.errors import ConfigError, OutputExistsError
 from lit_vision.explain import OverlayWriter
 from lit_vision.inputs import InputFile, collect_inputs, decode_file
+from lit_vision.intervals import resolve_group_regex
 from lit_vision.models import ImageClassifier
-from lit_vision.predictions import Prediction, PredictResult, check_output, write_csv
+from lit_vision.predictions import (
+    Prediction,
+    PredictResult,
+    check_output,
+    print_summary,
+    write_csv,
+)
 from lit_vision.progress import progress_bar
 from lit_vision.spec import CHECKPOINT_KEY, InferenceSpec
 
@@ -311,6 +317,7 @@ def run_predict(
     explain: str | Path | None = None,
     precision: str = "32",
     progress: bool = True,
+    group_regex: str = "auto",
 ) -> PredictResult:
     """Predict every file under ``inputs`` with the checkpoint and write the CSV.
 
@@ -332,6 +339,9 @@ def run_predict(
         explain: Folder for one Grad-CAM overlay PNG per readable image (``ROW_STEM.png``).
         precision: ``32``, ``bf16`` or ``16`` for the forward pass.
         progress: A progress bar on stderr for long inputs (only on a terminal).
+        group_regex: How labelled images group (a ``split --group_regex``), for an accuracy
+            interval over groups; ``auto``: what ``split`` recorded beside the input folders;
+            ``none``: independent images.
 
     Returns:
         The predictions; ``accuracy`` is set when inputs sit in ``CLASS/`` folders.
@@ -339,12 +349,14 @@ def run_predict(
     Raises:
         OutputExistsError: ``output`` is a folder, or exists and ``overwrite`` is false; or
             ``explain`` is a file or a non-empty folder without ``overwrite``.
-        ConfigError: ``min_confidence`` outside [0, 1] or an unknown ``precision``.
+        ConfigError: ``min_confidence`` outside [0, 1], an unknown ``precision`` or an
+            invalid ``group_regex``.
     """
     # Fail fast: a taken output path is known before the model loads or any image decodes.
     check_output(output, overwrite)
     if not 0.0 <= min_confidence <= 1.0:
         raise ConfigError(f"--min_confidence {min_confidence} must be between 0 and 1")
+    groups = resolve_group_regex(group_regex, inputs)
     writer = OverlayWriter(explain, overwrite) if explain else None
     model, spec = load_classifier(
         ckpt, image_size=image_size, device=resolve_device(device), trust_class=trust_class
@@ -376,36 +388,9 @@ def run_predict(
     if not quiet:
         for note in notes:
             print(f"note: {note}", file=sys.stderr)
-        _print_summary(result, seconds, path, mode, spec)
+        print_summary(
+            result, seconds, path, f"tta {mode}, {spec.image_size}px", spec.temperature, groups
+        )
         if writer is not None:
             print(f"{writer.written} Grad-CAM overlay(s) -> {writer.folder}")
     return result
-
-
-def _print_summary(
-    result: PredictResult, seconds: float, path: Path, mode: str, spec: InferenceSpec
-) -> None:
-    """Print the throughput, unreadable and unknown counts, and accuracy with its standard error."""
-    n = len(result.rows)
-    calibrated = f", temperature {spec.temperature:.3f}" if spec.temperature != 1.0 else ""
-    print(
-        f"predicted {n - result.n_unreadable}/{n} files in {seconds:.1f} s "
-        f"({n / max(seconds, 1e-9):.0f} files/s) -> {path} "
-        f"(tta {mode}, {spec.image_size}px{calibrated})"
-    )
-    if result.n_unreadable:
-        print(f"{result.n_unreadable} unreadable file(s), listed with status=error and the reason")
-    if result.accuracy is not None:
-        m = len(result.labelled)
-        se = math.sqrt(result.accuracy * (1 - result.accuracy) / m)
-        print(f"accuracy {result.accuracy:.4f} (+/- {se:.4f}) on {m} labelled images")
-    if result.min_confidence > 0:
-        readable = n - result.n_unreadable
-        print(
-            f"{result.n_unknown}/{readable} readable file(s) below --min_confidence "
-            f"{result.min_confidence:g} labelled unknown"
-        )
-        acc, k = result.selective_accuracy
-        if acc is not None:
-            se = math.sqrt(acc * (1 - acc) / k)
-            print(f"accuracy {acc:.4f} (+/- {se:.4f}) on the {k} labelled images not unknown")

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from lit_vision.errors import OutputExistsError
+from lit_vision.intervals import accuracy_report, binomial_interval
 
 # The ``pred`` of a row whose top probability is below ``--min_confidence``.
 UNKNOWN = "unknown"
@@ -71,13 +72,16 @@ class PredictResult:
         return [r for r in self.rows if r.label is not None and r.probs is not None]
 
     @property
+    def hits(self) -> list[bool]:
+        """Whether each of :attr:`labelled` is classified correctly (top-1)."""
+        index = {c: i for i, c in enumerate(self.class_names)}
+        return [int(np.argmax(r.probs)) == index[r.label] for r in self.labelled]
+
+    @property
     def accuracy(self) -> float | None:
         """Top-1 accuracy over labelled readable files (``None`` when there are none)."""
-        rows = self.labelled
-        if not rows:
-            return None
-        index = {c: i for i, c in enumerate(self.class_names)}
-        return float(np.mean([int(np.argmax(r.probs)) == index[r.label] for r in rows]))
+        hits = self.hits
+        return float(np.mean(hits)) if hits else None
 
 
 def check_output(output: str | Path, overwrite: bool = False) -> Path:
@@ -206,3 +210,45 @@ def _link_new(tmp: Path, output: Path) -> None:
         # Filesystems without hard links: re-check, then rename (a tiny race remains).
         check_output(output, overwrite=False)
         os.replace(tmp, output)
+
+
+def print_summary(
+    result: PredictResult,
+    seconds: float,
+    path: Path,
+    setting: str,
+    temperature: float,
+    group_regex: str | None,
+) -> None:
+    """Print the throughput, unreadable and unknown counts, and accuracy with its interval.
+
+    Args:
+        result: The predictions.
+        seconds: How long they took.
+        path: The CSV written.
+        setting: How they were made (``tta none, 32px``).
+        temperature: The calibration temperature applied (1.0: none).
+        group_regex: How labelled images group, for the interval (``None``: independent).
+    """
+    n = len(result.rows)
+    calibrated = f", temperature {temperature:.3f}" if temperature != 1.0 else ""
+    print(
+        f"predicted {n - result.n_unreadable}/{n} files in {seconds:.1f} s "
+        f"({n / max(seconds, 1e-9):.0f} files/s) -> {path} ({setting}{calibrated})"
+    )
+    if result.n_unreadable:
+        print(f"{result.n_unreadable} unreadable file(s), listed with status=error and the reason")
+    if result.accuracy is not None:
+        rows = result.labelled
+        labels = [str(r.label) for r in rows]
+        print(*accuracy_report([r.path for r in rows], labels, result.hits, group_regex), sep="\n")
+    if result.min_confidence > 0:
+        readable = n - result.n_unreadable
+        print(
+            f"{result.n_unknown}/{readable} readable file(s) below --min_confidence "
+            f"{result.min_confidence:g} labelled unknown"
+        )
+        acc, k = result.selective_accuracy
+        if acc is not None:
+            kept = binomial_interval(acc, k).describe()
+            print(f"accuracy {kept} on the {k} labelled images not unknown")

@@ -27,6 +27,7 @@ def predict(
     explain: str | None = None,
     precision: str = "32",
     progress: bool = True,
+    group_regex: str = "auto",
 ) -> int:
     """Predict every file under folders (any depth) or given files; one CSV row per file.
 
@@ -52,6 +53,10 @@ def predict(
             from 0): where the evidence for the predicted class is.
         precision: Forward pass precision: 32, bf16 or 16 (autocast).
         progress: Progress bar on stderr for long inputs (never when stderr is not a terminal).
+        group_regex: Images whose file names share this regex's key are one group (a track,
+            a patient): the accuracy's interval resamples groups, and the summary names the
+            groups with errors. auto: the --group_regex split recorded beside the input
+            folders; none: every image independent.
     """
     run_predict(
         ckpt,
@@ -68,6 +73,7 @@ def predict(
         explain=explain,
         precision=str(precision),
         progress=progress,
+        group_regex=group_regex,
     )
     return 0
 
