@@ -11,7 +11,6 @@ import os
 import sys
 import tempfile
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +20,9 @@ import torch
 from lit_vision.calibration import calibrate_logits, checkpoint_entry
 from lit_vision.checkpoints import read_checkpoint
 from lit_vision.errors import DataError, OutputExistsError
-from lit_vision.inputs import InputFile, collect_inputs, decode_file
+from lit_vision.inputs import InputFile, collect_inputs
 from lit_vision.models import ImageClassifier
-from lit_vision.predict import autocast, load_classifier, resolve_device
+from lit_vision.predict import autocast, decoded_batches, load_classifier, resolve_device
 from lit_vision.spec import CHECKPOINT_KEY, InferenceSpec
 
 
@@ -70,20 +69,15 @@ def logits_of(
     device = next(model.parameters()).device
     index = {c: i for i, c in enumerate(spec.class_names)}
     logits, targets, unreadable = [], [], 0
-    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
-        for i in range(0, len(files), batch_size):
-            chunk = files[i : i + batch_size]
-            decoded = list(
-                pool.map(lambda f: decode_file(f.path, spec.image_size, spec.transform), chunk)
-            )
-            ok = [(f, img) for f, (img, _) in zip(chunk, decoded, strict=True) if img is not None]
-            unreadable += len(chunk) - len(ok)
-            if not ok:
-                continue
-            batch = torch.from_numpy(np.stack([img for _, img in ok])).permute(0, 3, 1, 2)
-            with autocast(device, precision):
-                logits.append(model(batch.to(device)).float().cpu())
-            targets.append(torch.tensor([index[f.label] for f, _ in ok]))
+    for chunk, decoded in decoded_batches(spec, files, batch_size):
+        ok = [(f, img) for f, (img, _) in zip(chunk, decoded, strict=True) if img is not None]
+        unreadable += len(chunk) - len(ok)
+        if not ok:
+            continue
+        batch = torch.from_numpy(np.stack([img for _, img in ok])).permute(0, 3, 1, 2)
+        with autocast(device, precision):
+            logits.append(model(batch.to(device)).float().cpu())
+        targets.append(torch.tensor([index[f.label] for f, _ in ok]))
     if not logits:
         return torch.zeros(0, len(index)), torch.zeros(0, dtype=torch.long), unreadable
     return torch.cat(logits), torch.cat(targets), unreadable

@@ -230,8 +230,8 @@ def predict_files(
 ) -> PredictResult:
     """Decode and classify files in batches; unreadable files become rows with the reason.
 
-    Decoding runs in a thread pool one batch ahead of the model (PIL releases the GIL).
-    Probabilities use the spec's calibration temperature.
+    Decoding runs one batch ahead of the model (:func:`decoded_batches`). Probabilities use
+    the spec's calibration temperature.
 
     Args:
         model: The classifier (eval mode).
@@ -249,9 +249,31 @@ def predict_files(
     """
     device = next(model.parameters()).device
     rows: list[Prediction] = []
-    workers = workers or min(8, os.cpu_count() or 1)
-    bar = progress_bar(len(files), "predicting", enabled=show_progress)
-    with ThreadPoolExecutor(workers) as pool, bar:
+    mode = (tta, spec.temperature, precision)
+    with progress_bar(len(files), "predicting", enabled=show_progress) as bar:
+        for chunk, decoded in decoded_batches(spec, files, batch_size, workers):
+            rows += _classify_chunk(model, chunk, decoded, device, mode, explain, len(rows))
+            bar.update(len(chunk))
+    return PredictResult(rows, list(spec.class_names), tta)
+
+
+Decoded = list[tuple[np.ndarray | None, str | None]]
+
+
+def decoded_batches(
+    spec: InferenceSpec, files: Sequence[InputFile], batch_size: int, workers: int | None = None
+) -> Iterator[tuple[Sequence[InputFile], Decoded]]:
+    """``files`` in consecutive chunks with each file's decoded image or the reason it has none.
+
+    Decoding runs in a thread pool one chunk ahead of the consumer (PIL releases the GIL).
+
+    Args:
+        spec: The inference contract (decode size and eval transform).
+        files: The files, in order.
+        batch_size: Files per chunk.
+        workers: Decode threads; default ``min(8, cpu count)``.
+    """
+    with ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1)) as pool:
 
         def submit(chunk: Sequence[InputFile]) -> list[Future]:
             return [
@@ -263,16 +285,13 @@ def predict_files(
         for i, chunk in enumerate(chunks):
             decoded = [fut.result() for fut in pending]
             pending = submit(chunks[i + 1]) if i + 1 < len(chunks) else []
-            mode = (tta, spec.temperature, precision)
-            rows += _classify_chunk(model, chunk, decoded, device, mode, explain, len(rows))
-            bar.update(len(chunk))
-    return PredictResult(rows, list(spec.class_names), tta)
+            yield chunk, decoded
 
 
 def _classify_chunk(
     model: ImageClassifier,
     chunk: Sequence[InputFile],
-    decoded: list[tuple[np.ndarray | None, str | None]],
+    decoded: Decoded,
     device: torch.device,
     mode: tuple[str, float, str],
     explain: OverlayWriter | None,
