@@ -184,11 +184,12 @@ def test_deprecated_exporters_are_opt_in_and_warn(cnn_ckpt: Path, tree: Path, tm
     assert opsets[""] == 17
 
 
-def test_export_small_cnn_parity(tree: Path, tmp_path: Path) -> None:
-    """small_cnn.yaml with the graph options (early pooling, histogram equalisation) exports exactly."""
+@pytest.mark.parametrize("input_norm", ["equalize", "local"])
+def test_export_small_cnn_parity(tree: Path, tmp_path: Path, input_norm: str) -> None:
+    """small_cnn.yaml with the graph options (early pooling, in-graph contrast) exports exactly."""
     config = str(Path(__file__).resolve().parents[1] / "configs" / "small_cnn.yaml")
-    options = ("--model.init_args.input_norm", "equalize", "--model.init_args.early_pool", "true")
+    options = ("--model.init_args.input_norm", input_norm, "--model.init_args.early_pool", "true")
     ckpt = fit_tiny(tree, tmp_path / "run", 1, config, *options)
     model, _ = load_classifier(ckpt)
-    assert model.hparams.early_pool and model.hparams.input_norm == "equalize"
+    assert model.hparams.early_pool and model.hparams.input_norm == input_norm
     check_export(ckpt, tree / "test", tmp_path / "export")

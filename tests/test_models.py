@@ -108,6 +108,27 @@ def test_pooling_names_follow_timm_and_keep_the_concatenation_layout(grid: int) 
         GlobalPool("mean")
 
 
+def test_local_contrast_ignores_lighting_and_evens_out_shadows() -> None:
+    from lit_vision.models import local_contrast
+
+    g = torch.Generator().manual_seed(0)
+    x = 0.3 + 0.4 * torch.rand(2, 3, 32, 32, generator=g)
+    out = local_contrast(x)
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    # the same scene darker and flatter (a*x + b) comes out the same
+    assert torch.allclose(local_contrast(0.4 * x + 0.1), out, atol=1e-4)
+    # a shadow over the left half (a fifth of the light): the texture there keeps more of its
+    # strength than under per-image standardisation (a fifth), within the floor that keeps
+    # flat regions from being blown up (the image's mean local spread)
+    shadowed = x.clone()
+    shadowed[..., :16] = 0.2 * x[..., :16]
+    norm = local_contrast(shadowed)
+    ratio = float(norm[..., 2:12].std() / norm[..., 20:30].std())
+    assert 0.25 < ratio < 1.0
+    # a flat image stays finite (zero): no division by a vanishing neighbourhood spread
+    assert torch.equal(local_contrast(torch.full((1, 3, 8, 8), 0.5)), torch.zeros(1, 3, 8, 8))
+
+
 def test_equalize_luminance_maps_luminance_to_its_rank() -> None:
     from lit_vision.models import equalize_luminance
 
