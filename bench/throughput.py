@@ -584,8 +584,11 @@ def args_target(r: dict[str, Any]) -> str:
 def report(args: argparse.Namespace, results: dict[str, Any]) -> None:
     machine = (
         f"{platform.processor() or platform.machine()}, {psutil.cpu_count()} CPUs, "
-        f"torch {torch.__version__}, {args.precision}, batch {args.batch_size}"
+        f"torch {torch.__version__}"
     )
+    if any(not p.startswith("tta-fit") for p in args.phases.split(",")):
+        # The in-process phases' settings; tta-fit-* runs take theirs from the config files.
+        machine += f", {args.precision}, batch {args.batch_size}"
     try:
         model_name = next(
             line.split(":", 1)[1].strip()
