@@ -48,6 +48,11 @@ def test_groups_that_fail_together_widen_the_interval() -> None:
     assert grouped == accuracy_interval(hits, groups)  # seeded: the same every time
 
 
+def test_one_group_has_nothing_to_resample() -> None:
+    got = accuracy_interval([True, False, True, True], ["a"] * 4)
+    assert (got.low, got.accuracy, got.high, got.units) == (0.75, 0.75, 0.75, 1)
+
+
 def test_independent_groups_keep_the_binomial_width() -> None:
     # Errors spread evenly over singleton groups: the bootstrap agrees with the binomial.
     hits = [i % 10 != 0 for i in range(2000)]

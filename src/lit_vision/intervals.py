@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import scipy.stats
 
 from lit_vision.errors import ConfigError
 from lit_vision.split_plan import group_key
@@ -73,7 +74,8 @@ def accuracy_interval(
         hits: One entry per image: whether it was classified correctly.
         groups: Each image's group, or ``None`` for independent images (normal approximation
             to the binomial). With groups, whole groups are drawn with replacement
-            ``resamples`` times and the interval is the 2.5th-97.5th percentile.
+            ``resamples`` times (scipy's paired ``bootstrap``) and the interval is the
+            2.5th-97.5th percentile of the pooled accuracy.
         resamples: Bootstrap draws.
         seed: Seed of the draws, so that the same predictions give the same interval.
 
@@ -91,11 +93,20 @@ def accuracy_interval(
     _, index = np.unique(np.asarray(groups, dtype=object).astype(str), return_inverse=True)
     correct = np.bincount(index, weights=h)
     sizes = np.bincount(index).astype(np.float64)
-    draws = np.random.default_rng(seed).integers(0, sizes.size, (resamples, sizes.size))
-    boot = correct[draws].sum(1) / sizes[draws].sum(1)
-    tail = 100 * (1 - LEVEL) / 2
-    low, high = np.percentile(boot, [tail, 100 - tail])
-    return AccuracyInterval(acc, float(low), float(high), int(sizes.size), True)
+    if sizes.size < 2:  # one group: nothing to resample
+        return AccuracyInterval(acc, acc, acc, int(sizes.size), True)
+    # scipy's bootstrap, paired: each draw takes whole groups (their hits and sizes together).
+    boot = scipy.stats.bootstrap(
+        (correct, sizes),
+        lambda c, n, axis=-1: c.sum(axis) / n.sum(axis),
+        paired=True,
+        vectorized=True,
+        n_resamples=resamples,
+        confidence_level=LEVEL,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    ).confidence_interval
+    return AccuracyInterval(acc, float(boot.low), float(boot.high), int(sizes.size), True)
 
 
 def errors_by_group(hits: Sequence[bool], groups: Sequence[str]) -> list[tuple[str, int, int]]:
