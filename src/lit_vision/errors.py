@@ -81,8 +81,7 @@ def _type_name(text: str) -> str:
     if literal:
         return " or ".join(v.strip() for v in literal.group(1).split(","))
     cls = re.fullmatch(r"<class '(?:\w+\.)*(\w+)'>", text)
-    name = cls.group(1) if cls else text
-    return name
+    return cls.group(1) if cls else text
 
 
 def _union_expectation(lines: list[str]) -> str:

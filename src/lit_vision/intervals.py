@@ -9,7 +9,6 @@ holds. :func:`accuracy_interval` resamples whole groups instead (a cluster boots
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Sequence
@@ -19,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import scipy.stats
 
-from lit_vision.errors import ConfigError
+from lit_vision.errors import ConfigError, SplitError
 from lit_vision.split_plan import group_key
-from lit_vision.split_resume import PLAN
+from lit_vision.split_resume import PLAN, read_plan
 
 # Two-sided 95%: the normal quantile for the binomial interval, the bootstrap's percentiles.
 LEVEL = 0.95
@@ -145,21 +144,23 @@ def recorded_group_regex(folders: Sequence[str | Path]) -> str | None:
 
     A folder given to ``predict`` is usually ``DST/val`` or ``DST/test`` of a split, whose
     ``DST/split_plan.json`` says how images were grouped. Only a plan beside every folder,
-    the same for all of them, counts; anything unreadable counts as no grouping.
+    the same for all of them, counts; a plan that is a link, unreadable, or whose regex does
+    not compile counts as no grouping.
 
     Args:
-        folders: The input folders (files among them make the answer ``None``).
+        folders: The input folders.
     """
     found: set[str | None] = set()
     for folder in folders:
-        plan = Path(folder).parent / PLAN
-        try:  # a plan that is a link is not the split's own record: ignored
-            ok = plan.is_file() and not plan.is_symlink()
-            regex = json.loads(plan.read_text()).get("group_regex") if ok else None
-            re.compile(regex) if isinstance(regex, str) else None
-        except (OSError, ValueError, AttributeError, re.error):
-            regex = None
-        found.add(regex if isinstance(regex, str) and regex else None)
+        split = Path(folder).parent
+        regex = None
+        if (split / PLAN).is_file() and not (split / PLAN).is_symlink():
+            try:
+                regex = read_plan(split).get("group_regex")
+                regex = re.compile(regex).pattern if isinstance(regex, str) and regex else None
+            except (SplitError, AttributeError, re.error):
+                regex = None
+        found.add(regex)
     return found.pop() if len(found) == 1 else None
 
 

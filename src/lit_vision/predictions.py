@@ -238,10 +238,10 @@ def print_summary(
     )
     if result.n_unreadable:
         print(f"{result.n_unreadable} unreadable file(s), listed with status=error and the reason")
-    if result.accuracy is not None:
-        rows = result.labelled
+    rows, hits = result.labelled, result.hits
+    if hits:
         labels = [str(r.label) for r in rows]
-        print(*accuracy_report([r.path for r in rows], labels, result.hits, group_regex), sep="\n")
+        print(*accuracy_report([r.path for r in rows], labels, hits, group_regex), sep="\n")
     if result.min_confidence > 0:
         readable = n - result.n_unreadable
         print(
