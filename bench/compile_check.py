@@ -1,7 +1,7 @@
 """Does ``torch.compile`` pay for small_cnn's network on this CPU? Eager vs compiled training steps.
 
-Times the bf16 training step of ``small_cnn.yaml``'s network (SimpleCNN 32/64/128, two convs a
-block, 4x4 grid head; AdamW, label smoothing 0.1) on random 32 px batches: eager, then the first
+Times the bf16 training step of ``configs/small_cnn.yaml``'s network (its SimpleCNN settings read
+from the file; AdamW, label smoothing 0.1) on random 32 px batches: eager, then the first
 compiled step (the compile itself), compiled steps, and eager again (the machine's drift).
 
   python bench/compile_check.py --batch 64
@@ -10,13 +10,26 @@ compiled step (the compile itself), compiled steps, and eager again (the machine
 from __future__ import annotations
 
 import argparse
+import inspect
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+import yaml
 
 from lit_vision.networks import SimpleCNN
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "small_cnn.yaml"
+
+
+def network_settings(config: Path) -> dict[str, Any]:
+    """The config's model arguments that :class:`SimpleCNN` takes (widths, head, dropout)."""
+    init_args = yaml.safe_load(config.read_text())["model"]["init_args"]
+    takes = inspect.signature(SimpleCNN).parameters
+    return {k: v for k, v in init_args.items() if k in takes}
 
 
 def per_step_ms(step: Callable[[], None], n: int = 20) -> float:
@@ -35,15 +48,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     args = ap.parse_args()
     torch.manual_seed(0)
-    net = SimpleCNN(
-        num_classes=43,
-        channels=[32, 64, 128],
-        convs_per_block=2,
-        block_dropout=0.1,
-        pool_grid=4,
-        hidden=256,
-        dropout=0.4,
-    ).to(memory_format=torch.channels_last)
+    net = SimpleCNN(num_classes=43, **network_settings(CONFIG)).to(
+        memory_format=torch.channels_last
+    )
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
     x = torch.randn(args.batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 43, (args.batch,))
