@@ -46,11 +46,23 @@ def load(root: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     )
 
 
+NORM = {"value": "imagenet"}  # --norm: how prepare() normalises (set once in main)
+
+
 def prepare(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Float 0-1 (or uint8) images upsampled to ``size`` and ImageNet-normalised."""
+    """Float 0-1 (or uint8) images upsampled to ``size`` and normalised (``--norm``).
+
+    ``imagenet`` subtracts ImageNet's mean and divides by its std; ``image`` standardises each
+    image by its own mean and std (as ``input_norm: image`` does).
+    """
     x = x.float() / 255 if x.dtype == torch.uint8 else x
     x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-    return ((x - MEAN) / STD).contiguous(memory_format=torch.channels_last)
+    if NORM["value"] == "image":
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        x = (x - mean) / x.std(dim=(1, 2, 3), keepdim=True).clamp_min(1.0 / 255)
+    else:
+        x = (x - MEAN) / STD
+    return x.contiguous(memory_format=torch.channels_last)
 
 
 @torch.inference_mode()
@@ -160,7 +172,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--norm", choices=("imagenet", "image"), default="imagenet")
     args = ap.parse_args()
+    NORM["value"] = args.norm
     data = (*load(args.data, "train"), *load(args.data, "val"))
     phases = args.phases.split(",")
     if "probe" in phases:

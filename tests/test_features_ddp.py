@@ -44,7 +44,8 @@ def test_ddp_ranks_compute_their_shards_and_gather_them_in_order(
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
     }
-    cmd = [sys.executable, "-m", "lit_vision", "fit", "--config", CONFIG]
+    # 24 px images: --small_images null keeps the transfer recipe under test.
+    cmd = [sys.executable, "-m", "lit_vision", "fit", "--config", CONFIG, "--small_images", "null"]
     cmd += ["--config", str(REPO / "configs" / "ddp_cpu.yaml"), "--data.root", str(root)]
     cmd += ["--trainer.logger.init_args.save_dir", str(tmp_path / "tb"), *TINY]
     done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
@@ -61,8 +62,8 @@ def test_ddp_ranks_compute_their_shards_and_gather_them_in_order(
     # One process, nothing stored or reused: the same features, image by image.
     monkeypatch.chdir(tmp_path)
     cli = run_command(
-        ["fit", "--config", CONFIG, "--data.root", str(root), "--data.disk_cache", "false"]
-        + ["--trainer.logger", "false", *TINY]
+        ["fit", "--config", CONFIG, "--small_images", "null", "--data.root", str(root)]
+        + ["--data.disk_cache", "false", "--trainer.logger", "false", *TINY]
     )
     single = cli.model._features
     assert not cli.model._reused

@@ -50,14 +50,24 @@ def run_command(args: list[str] | None = None) -> object:
         ConfigError: The command line or a config file does not parse (one line, naming the key).
     """
     argv = list(sys.argv[1:] if args is None else args)
+    route = None
     try:
         if argv and argv[0] in COMMANDS:
             module = importlib.import_module(COMMANDS[argv[0]][0])
             return module.main(normalize_option_spelling(argv[1:]))
         if not argv or argv[0] in ("-h", "--help"):
             print(help_text())
-        from lit_vision.cli import build_cli  # torch and Lightning: only for fit/validate/test
+        from lightning.pytorch.utilities import rank_zero_info
 
+        from lit_vision.cli import build_cli  # torch and Lightning: only for fit/validate/test
+        from lit_vision.routing import route_small_images
+
+        route = route_small_images(argv)
+        if route is not None:
+            rank_zero_info(route.note)
+            argv = route.argv
+            if args is None:  # LightningCLI reads sys.argv itself (and warns when given both)
+                sys.argv[1:] = argv
         return build_cli(
             None if args is None else argv,  # None: LightningCLI reads sys.argv itself
             save_config_kwargs={"overwrite": True},
@@ -65,7 +75,8 @@ def run_command(args: list[str] | None = None) -> object:
             parser_kwargs={"exit_on_error": False, "prog": "lit-vision"},
         )
     except ArgumentError as err:  # a parse error (exit_on_error=False): one line naming the key
-        raise ConfigError(config_error_line(str(err))) from None
+        line = config_error_line(str(err))
+        raise ConfigError(line if route is None else f"{line} ({route.hint})") from None
 
 
 def main(args: list[str] | None = None) -> int:

@@ -102,7 +102,16 @@ class LitVisionCLI(LightningCLI):
             type=bool,
             default=False,
             help="When trainer.precision is unset, train in bf16-mixed on CPUs with native bf16 "
-            "(AVX-512 BF16/AMX): ~1.8x faster for the CNNs, accuracy within noise on GTSRB.",
+            "(AVX-512 BF16/AMX): faster for the CNNs, accuracy within noise on GTSRB "
+            "(docs/results.md).",
+        )
+        parser.add_argument(
+            "--small_images",
+            type=str | None,
+            default=None,
+            help="A config that trains instead when the training images' median short side "
+            "is <= 32 px (transfer.yaml: small_cnn.yaml); null keeps this config "
+            "(lit_vision.routing).",
         )
         parser.add_argument(
             "--gpu_mixed",

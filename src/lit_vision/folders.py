@@ -312,6 +312,27 @@ class FolderScreen:
         return new
 
 
+def median_short_side(files: Sequence[str], sample: int = 200) -> int | None:
+    """The median short side of some images, from the headers of up to ``sample`` of them.
+
+    Args:
+        files: Image files; evenly spaced ones are read.
+        sample: Files whose headers are read.
+
+    Returns:
+        The median short side in pixels, or ``None`` when no header could be read.
+    """
+    step = max(1, len(files) // sample)
+    sides = []
+    for path in files[::step][:sample]:
+        try:
+            with Image.open(path) as img:
+                sides.append(min(img.size))
+        except (OSError, ValueError):
+            continue
+    return sorted(sides)[len(sides) // 2] if sides else None
+
+
 def auto_image_size(files: Sequence[str], largest: int, sample: int = 200) -> int:
     """An input side for these images: twice their median short side, in [64, ``largest``].
 
@@ -322,15 +343,7 @@ def auto_image_size(files: Sequence[str], largest: int, sample: int = 200) -> in
         largest: The model's preferred size, never exceeded.
         sample: Files whose headers are read.
     """
-    step = max(1, len(files) // sample)
-    sides = []
-    for path in files[::step][:sample]:
-        try:
-            with Image.open(path) as img:
-                sides.append(min(img.size))
-        except (OSError, ValueError):
-            continue
-    if not sides:
+    side = median_short_side(files, sample)
+    if side is None:
         return largest
-    want = 2 * sorted(sides)[len(sides) // 2]
-    return int(min(largest, max(64, -(-want // 32) * 32)))
+    return int(min(largest, max(64, -(-2 * side // 32) * 32)))
