@@ -184,7 +184,7 @@ def test_deprecated_exporters_are_opt_in_and_warn(cnn_ckpt: Path, tree: Path, tm
     assert opsets[""] == 17
 
 
-@pytest.mark.parametrize("input_norm", ["equalize", "local"])
+@pytest.mark.parametrize("input_norm", ["equalize", "local", "clahe"])
 def test_export_small_cnn_parity(tree: Path, tmp_path: Path, input_norm: str) -> None:
     """small_cnn.yaml with the graph options (early pooling, in-graph contrast) exports exactly."""
     config = str(Path(__file__).resolve().parents[1] / "configs" / "small_cnn.yaml")

@@ -109,7 +109,7 @@ def test_pooling_names_follow_timm_and_keep_the_concatenation_layout(grid: int) 
 
 
 def test_local_contrast_ignores_lighting_and_evens_out_shadows() -> None:
-    from lit_vision.models import local_contrast
+    from lit_vision.contrast import local_contrast
 
     g = torch.Generator().manual_seed(0)
     x = 0.3 + 0.4 * torch.rand(2, 3, 32, 32, generator=g)
@@ -130,7 +130,7 @@ def test_local_contrast_ignores_lighting_and_evens_out_shadows() -> None:
 
 
 def test_equalize_luminance_maps_luminance_to_its_rank() -> None:
-    from lit_vision.models import equalize_luminance
+    from lit_vision.contrast import equalize_luminance
 
     g = torch.Generator().manual_seed(0)
     gray = 0.2 + 0.3 * torch.rand(2, 1, 8, 8, generator=g)  # dim, low contrast: no clamping

@@ -11,12 +11,12 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torchmetrics import MeanMetric
 
 from lit_vision.balance import Balance, resolve
+from lit_vision.contrast import clahe, equalize_luminance, local_contrast
 from lit_vision.distributed import ScaleLR, broadcast_buffers
 from lit_vision.metrics import classification_loss, log_step, loss_class_weights, stage_metrics
 from lit_vision.networks import Pooling, SimpleCNN
@@ -24,61 +24,9 @@ from lit_vision.optim import build_optimization
 from lit_vision.spec import CHECKPOINT_KEY, inference_spec
 
 # How forward() normalises pixels: see ImageClassifier's ``input_norm``.
-InputNorm = Literal["dataset", "image", "equalize", "local"]
+InputNorm = Literal["dataset", "image", "equalize", "local", "clahe"]
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def equalize_luminance(x: torch.Tensor) -> torch.Tensor:
-    """Global histogram equalisation of each image's luminance, as a shift of all channels.
-
-    Each pixel's luminance becomes its rank among the image's pixels (0-1); its RGB values move
-    by the same amount, clamped to 0-1, so hue survives. Sorting is exportable (ONNX TopK).
-
-    Args:
-        x: Float RGB batch, NCHW, 0-1.
-
-    Returns:
-        The equalised batch, same shape.
-    """
-    n, _, h, w = x.shape
-    weights = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype, device=x.device)
-    y = (x * weights.view(1, 3, 1, 1)).sum(1).reshape(n, h * w)
-    ranks = y.argsort(dim=1).argsort(dim=1).to(x.dtype) / max(h * w - 1, 1)
-    return (x + (ranks - y).view(n, 1, h, w)).clamp(0, 1)
-
-
-def local_contrast(x: torch.Tensor, sigma_fraction: float = 0.125) -> torch.Tensor:
-    """Local contrast normalisation: each pixel against its Gaussian neighbourhood.
-
-    Subtracts the neighbourhood's mean (over the three channels together, so colour differences
-    survive) and divides by its standard deviation, floored at the image's mean local standard
-    deviation so flat regions are not blown up (Jarrett et al. 2009, as in Sermanet & LeCun's
-    GTSRB network). Separable Gaussian convolutions, normalised at the borders: exportable.
-
-    Args:
-        x: Float RGB batch, NCHW, 0-1.
-        sigma_fraction: The Gaussian's sigma as a fraction of the shorter side.
-
-    Returns:
-        The normalised batch, same shape.
-    """
-    h, w = x.shape[-2:]
-    sigma = max(sigma_fraction * min(h, w), 0.5)
-    radius = max(1, min(int(2 * sigma), (min(h, w) - 1) // 2))
-    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
-    k = torch.exp(-(t**2) / (2 * sigma**2))
-    k = k / k.sum()
-
-    def blur(z: torch.Tensor) -> torch.Tensor:  # (N, 1, H, W), zero padding renormalised below
-        z = F.conv2d(z, k.view(1, 1, 1, -1), padding=(0, radius))
-        return F.conv2d(z, k.view(1, 1, -1, 1), padding=(radius, 0))
-
-    coverage = blur(torch.ones(1, 1, h, w, dtype=x.dtype, device=x.device))
-    centred = x - blur(x.mean(1, keepdim=True)) / coverage
-    local_std = (blur(centred.pow(2).mean(1, keepdim=True)) / coverage).clamp_min(1e-8).sqrt()
-    floor = local_std.mean(dim=(2, 3), keepdim=True).clamp_min(1.0 / 255)
-    return centred / torch.maximum(local_std, floor)
 
 
 class ImageClassifier(L.LightningModule):
@@ -110,7 +58,9 @@ class ImageClassifier(L.LightningModule):
             very bright photos of road signs; ignores ``mean``/``std``); ``equalize`` first
             equalises each image's luminance histogram (in the graph, so exports take raw
             pixels too), then standardises it; ``local`` normalises each pixel against its
-            neighbourhood (:func:`local_contrast`), then standardises the image.
+            neighbourhood (:func:`local_contrast`), then standardises the image; ``clahe``
+            first equalises each image's lightness tile by tile (OpenCV's CLAHE,
+            :func:`~lit_vision.contrast.clahe`), then standardises it.
         compile: Run the network through ``torch.compile`` (first steps are slow while it
             compiles; checkpoints are unchanged).
         scale_lr: Scale the learning rates with the effective batch (``lr_scale_factor``):
@@ -212,7 +162,9 @@ class ImageClassifier(L.LightningModule):
             x = equalize_luminance(x)
         elif self.input_norm == "local":
             x = local_contrast(x)
-        if self.input_norm in ("image", "equalize", "local"):
+        elif self.input_norm == "clahe":
+            x = clahe(x)
+        if self.input_norm in ("image", "equalize", "local", "clahe"):
             mean = x.mean(dim=(1, 2, 3), keepdim=True)
             std = x.std(dim=(1, 2, 3), keepdim=True).clamp_min(1.0 / 255)
             x = (x - mean) / std
