@@ -266,7 +266,8 @@ class CNNClassifier(ImageClassifier):
         mean: Normalisation mean.
         std: Normalisation std.
         channels_last: Channels-last memory format.
-        input_norm: ``dataset`` (mean/std) or per-``image`` standardisation.
+        input_norm: ``dataset`` (mean/std), per-``image`` standardisation, or in-graph
+            contrast normalisation first (``equalize``, ``local``, ``clahe``; see ImageClassifier).
         compile: Compile the network with ``torch.compile``.
         scale_lr: Scale the learning rates with the effective batch (``none``/``linear``/``sqrt``).
         class_weights: Class-weighted training loss: ``auto`` (when over 3:1), ``on`` or ``off``.
