@@ -205,3 +205,7 @@ def local_contrast(x: torch.Tensor, sigma_fraction: float = 0.125) -> torch.Tens
     local_std = (blur(centred.pow(2).mean(1, keepdim=True)) / coverage).clamp_min(1e-8).sqrt()
     floor = local_std.mean(dim=(2, 3), keepdim=True).clamp_min(1.0 / 255)
     return centred / torch.maximum(local_std, floor)
+
+
+# ``input_norm`` names of the steps above (``ImageClassifier.normalize`` standardises after each).
+CONTRAST_STEPS = {"equalize": equalize_luminance, "local": local_contrast, "clahe": clahe}

@@ -16,7 +16,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from lit_vision.balance import Balance, resolve
-from lit_vision.contrast import clahe, equalize_luminance, local_contrast
+from lit_vision.contrast import CONTRAST_STEPS
 from lit_vision.distributed import ScaleLR, broadcast_buffers
 from lit_vision.metrics import classification_loss, log_step, loss_class_weights, stage_metrics
 from lit_vision.networks import Pooling, SimpleCNN
@@ -158,13 +158,10 @@ class ImageClassifier(L.LightningModule):
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 0-255 or float 0-1 images to normalised float, in the model's memory format."""
         x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
-        if self.input_norm == "equalize":
-            x = equalize_luminance(x)
-        elif self.input_norm == "local":
-            x = local_contrast(x)
-        elif self.input_norm == "clahe":
-            x = clahe(x)
-        if self.input_norm in ("image", "equalize", "local", "clahe"):
+        step = CONTRAST_STEPS.get(self.input_norm)
+        if step is not None:
+            x = step(x)
+        if self.input_norm == "image" or step is not None:
             mean = x.mean(dim=(1, 2, 3), keepdim=True)
             std = x.std(dim=(1, 2, 3), keepdim=True).clamp_min(1.0 / 255)
             x = (x - mean) / std
