@@ -23,17 +23,35 @@ def photos(n: int, h: int, w: int, seed: int = 0) -> np.ndarray:
     return np.stack(out)
 
 
-@pytest.mark.parametrize(
-    ("h", "w", "grid", "clip"), [(32, 32, 4, 2.0), (30, 27, 4, 2.0), (64, 48, 8, 4.0)]
-)
-def test_clahe_channel_matches_opencv(h: int, w: int, grid: int, clip: float) -> None:
+@pytest.mark.parametrize(("h", "w", "grid"), [(32, 32, 4), (30, 27, 4), (64, 48, 8)])
+def test_clahe_channel_matches_opencv(h: int, w: int, grid: int) -> None:
     gray = photos(6, h, w)[..., 1]
-    op = cv2.createCLAHE(clipLimit=clip, tileGridSize=(grid, grid))
+    # Without clipping, CLAHE is tile-wise equalisation blended between tile centres: OpenCV's
+    # result to its rounding of the tables, on padded and unpadded sizes alike.
+    op = cv2.createCLAHE(clipLimit=1000.0, tileGridSize=(grid, grid))
     expected = np.stack([op.apply(g) for g in gray]).astype(np.float64)
-    got = clahe_channel(torch.from_numpy(gray).double(), grid, clip).round().numpy()
-    diff = np.abs(got - expected)
-    assert diff.mean() < 0.05 and np.mean(diff <= 1) > 0.995, (diff.mean(), diff.max())
+    got = clahe_channel(torch.from_numpy(gray).double(), grid, 1000.0).numpy()
+    assert np.abs(got - expected).max() < 1.0
     assert not np.array_equal(expected, gray)  # CLAHE did change the images
+    # With clipping, OpenCV hands the excess out in whole counts, front-loaded on the low levels;
+    # we spread it evenly (continuous), which moves the tables by a count or so.
+    op = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(grid, grid))
+    expected = np.stack([op.apply(g) for g in gray]).astype(np.float64)
+    diff = np.abs(clahe_channel(torch.from_numpy(gray).double(), grid, 2.0).numpy() - expected)
+    assert diff.mean() < 6 and np.percentile(diff, 99) < 16, (diff.mean(), diff.max())
+
+
+def test_clahe_is_continuous_in_the_pixel_values() -> None:
+    # A pixel on either side of a level boundary (as two runtimes' last bits may put it) moves
+    # the output by about as much, never by a level: the export's parity rests on this.
+    base = torch.from_numpy(photos(4, 32, 32, seed=3)[..., 1]).double() + 0.5
+    below, above = clahe_channel(base - 1e-4), clahe_channel(base + 1e-4)
+    assert (below - above).abs().max() < 0.05
+    x = torch.from_numpy(photos(4, 32, 32, seed=4)).permute(0, 3, 1, 2).float() / 255
+    moved = (x + torch.randn(x.shape, generator=torch.Generator().manual_seed(0)) * 1e-6).clamp(
+        0, 1
+    )
+    assert (clahe(moved) - clahe(x)).abs().max() < 1e-3
 
 
 def test_clahe_of_rgb_follows_opencvs_lab_recipe() -> None:
@@ -50,8 +68,8 @@ def test_clahe_of_rgb_follows_opencvs_lab_recipe() -> None:
         expected.append(cv2.cvtColor(lab, cv2.COLOR_LAB2RGB))
     got = (clahe(x) * 255).permute(0, 2, 3, 1).numpy()
     diff = np.abs(got - np.stack(expected))
-    assert diff.mean() < 1.0 and np.percentile(diff, 99) < 4, (diff.mean(), diff.max())
-    assert np.abs(got - images).mean() > 5  # and it did equalise
+    assert diff.mean() < 6 and np.percentile(diff, 99) < 20, (diff.mean(), diff.max())
+    assert np.abs(got - images).mean() > 5 * diff.mean()  # equalised, far more than it differs
     assert 0 <= got.min() <= got.max() <= 255
 
 

@@ -65,11 +65,17 @@ def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
 
 
 def clahe_luts(levels: torch.Tensor, grid: int, clip: float) -> torch.Tensor:
-    """Each tile's contrast-limited equalisation table, as OpenCV's CLAHE builds it.
+    """Each tile's contrast-limited equalisation table, continuous in the pixel levels.
+
+    OpenCV's CLAHE tables (histogram per tile, bins clipped at ``clip`` x the mean count, the
+    excess spread over all bins, cumulative sum), with three changes that make the table a
+    continuous function of the input, so a last-bit difference between two runtimes (PyTorch,
+    onnxruntime) moves the output by about as much, never by a whole level: a pixel between two
+    levels counts fractionally in both bins; the excess is spread evenly, not in whole counts;
+    and the table is not rounded. On integer levels the histogram is OpenCV's exactly.
 
     Args:
-        levels: Integer-valued float batch, ``(N, H, W)`` in 0-255, ``H`` and ``W``
-            multiples of ``grid``.
+        levels: Float batch, ``(N, H, W)`` in 0-255, ``H`` and ``W`` multiples of ``grid``.
         grid: Tiles per side.
         clip: OpenCV's ``clipLimit``: a bin holds at most ``clip`` x the tile's mean count.
 
@@ -80,27 +86,27 @@ def clahe_luts(levels: torch.Tensor, grid: int, clip: float) -> torch.Tensor:
     th, tw = h // grid, w // grid
     area = th * tw
     tiles = levels.reshape(n, grid, th, grid, tw).permute(0, 1, 3, 2, 4).reshape(n, -1, area)
-    hist = torch.zeros(n, grid * grid, 256, dtype=levels.dtype, device=levels.device)
-    hist = hist.scatter_add(2, tiles.long(), torch.ones_like(tiles))
+    low = tiles.floor().clamp(0, 255)
+    frac = tiles - low
+    hist = torch.zeros(n, grid * grid, 257, dtype=levels.dtype, device=levels.device)
+    hist = hist.scatter_add(2, low.long(), 1 - frac).scatter_add(2, low.long() + 1, frac)
+    hist = hist[..., :256]
     limit = float(max(int(clip * area / 256), 1))
     excess = (hist - limit).clamp_min(0).sum(-1, keepdim=True)
-    spread = torch.floor(excess / 256)  # added to every bin
-    residual = excess - 256 * spread  # one more to each of `residual` bins, `step` apart
-    step = torch.floor(256 / residual.clamp_min(1)).clamp_min(1)
-    values = torch.arange(256, dtype=levels.dtype, device=levels.device)
-    cdf = hist.clamp(max=limit).cumsum(-1) + spread * (values + 1)
-    cdf = cdf + torch.minimum(residual, torch.floor(values / step) + 1) * (residual > 0)
-    return torch.round(cdf * (255 / area)).clamp(0, 255)
+    values = torch.arange(1, 257, dtype=levels.dtype, device=levels.device)
+    cdf = hist.clamp(max=limit).cumsum(-1) + excess / 256 * values
+    return (cdf * (255 / area)).clamp(0, 255)
 
 
 def clahe_channel(channel: torch.Tensor, grid: int = 4, clip: float = 2.0) -> torch.Tensor:
-    """CLAHE of one 8-bit channel, as ``cv2.createCLAHE(clip, (grid, grid)).apply``.
+    """CLAHE of one channel, as ``cv2.createCLAHE(clip, (grid, grid)).apply``, but continuous.
 
     The image is padded (mirrored) to a multiple of ``grid``; each pixel's new value
-    interpolates bilinearly between the tables of the four nearest tile centres.
+    interpolates bilinearly between the tables of the four nearest tile centres, and linearly
+    between the two levels around its own (:func:`clahe_luts` says how it departs from OpenCV).
 
     Args:
-        channel: Integer-valued float batch, ``(N, H, W)`` in 0-255.
+        channel: Float batch, ``(N, H, W)`` in 0-255 (levels need not be whole).
         grid: Tiles per side.
         clip: OpenCV's ``clipLimit``.
 
@@ -123,12 +129,17 @@ def clahe_channel(channel: torch.Tensor, grid: int = 4, clip: float = 2.0) -> to
 
     y1, y2, wy = neighbours(h, th)
     x1, x2, wx = neighbours(w, tw)
-    flat = luts.reshape(n, -1)
-    level = channel.long().reshape(n, h * w)
+    # Each table beside itself shifted by one level: one gather reads both ends of a pixel's
+    # level interval, and the value in between is linear (continuous in the pixel's level).
+    pairs = torch.stack([luts, torch.cat([luts[..., 1:], luts[..., -1:]], -1)], -1)
+    flat = pairs.reshape(n, -1, 2)
+    low = channel.reshape(n, h * w).floor().clamp(0, 255)
+    frac = channel.reshape(n, h * w) - low
 
     def lookup(ty: torch.Tensor, tx: torch.Tensor) -> torch.Tensor:
         tile = (ty.view(h, 1) * grid + tx.view(1, w)).reshape(1, h * w)
-        return flat.gather(1, tile * 256 + level).reshape(n, h, w)
+        ends = flat.gather(1, (tile * 256 + low.long()).unsqueeze(-1).expand(n, h * w, 2))
+        return (ends[..., 0] + frac * (ends[..., 1] - ends[..., 0])).reshape(n, h, w)
 
     top = lookup(y1, x1) * (1 - wx) + lookup(y1, x2) * wx
     bottom = lookup(y2, x1) * (1 - wx) + lookup(y2, x2) * wx
@@ -138,8 +149,9 @@ def clahe_channel(channel: torch.Tensor, grid: int = 4, clip: float = 2.0) -> to
 def clahe(x: torch.Tensor, grid: int = 4, clip: float = 2.0) -> torch.Tensor:
     """CLAHE of each image's lightness (Lab's L), colour kept: OpenCV's recipe, in the graph.
 
-    As ``cv2.cvtColor`` to Lab, ``cv2.createCLAHE(clip, (grid, grid)).apply`` on the 8-bit L
-    channel, and back; ``tests/test_contrast.py`` checks it against OpenCV.
+    As ``cv2.cvtColor`` to Lab, ``cv2.createCLAHE(clip, (grid, grid)).apply`` on the L channel,
+    and back; ``tests/test_contrast.py`` checks it against OpenCV. Unlike OpenCV, nothing is
+    rounded to 8-bit levels, so the output is continuous in the input (see :func:`clahe_luts`).
 
     Args:
         x: Float RGB batch, NCHW, 0-1.
@@ -150,7 +162,7 @@ def clahe(x: torch.Tensor, grid: int = 4, clip: float = 2.0) -> torch.Tensor:
         The batch with its lightness equalised, same shape, 0-1.
     """
     lab = rgb_to_lab(x)
-    lightness = torch.round(lab[:, 0] * 2.55).clamp(0, 255)
+    lightness = (lab[:, 0] * 2.55).clamp(0, 255)
     equalised = clahe_channel(lightness, grid, clip) / 2.55
     return lab_to_rgb(torch.cat([equalised.unsqueeze(1), lab[:, 1:]], dim=1))
 
