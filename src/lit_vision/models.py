@@ -22,6 +22,7 @@ from lit_vision.metrics import classification_loss, log_step, loss_class_weights
 from lit_vision.networks import Pooling, SimpleCNN
 from lit_vision.optim import build_optimization
 from lit_vision.spec import CHECKPOINT_KEY, inference_spec
+from lit_vision.whitening import patch_whitening_filters
 
 # How forward() normalises pixels: see ImageClassifier's ``input_norm``.
 InputNorm = Literal["dataset", "image", "equalize", "local", "clahe"]
@@ -257,6 +258,8 @@ class CNNClassifier(ImageClassifier):
         hidden: Hidden units of the dense head (0 for none).
         dropout: Head dropout.
         early_pool: Pool after each block's first convolution (about half the compute).
+        whiten: Make the first convolution a frozen patch-whitening filter bank computed from
+            training images at the start of ``fit`` (:mod:`~lit_vision.whitening`).
         optimizer: Optimizer factory (Adam 1e-3 by default).
         scheduler: Optional LR scheduler factory.
         label_smoothing: Cross-entropy label smoothing.
@@ -284,6 +287,7 @@ class CNNClassifier(ImageClassifier):
         hidden: int = 256,
         dropout: float = 0.3,
         early_pool: bool = False,
+        whiten: bool = False,
         optimizer: OptimizerCallable = torch.optim.Adam,
         scheduler: LRSchedulerCallable | None = None,
         label_smoothing: float = 0.0,
@@ -309,6 +313,11 @@ class CNNClassifier(ImageClassifier):
             scale_lr=scale_lr,
             class_weights=class_weights,
         )
+        if whiten and channels[0] > 2 * 3 * 3 * 3:
+            raise ValueError(
+                f"model.whiten gives the first block at most 54 filters (each of a 3x3x3 patch's"
+                f" 27 directions, both signs), not channels[0] = {channels[0]}"
+            )
 
     def configure_network(self) -> SimpleCNN:
         """The ``SimpleCNN`` the hyperparameters describe."""
@@ -325,3 +334,21 @@ class CNNClassifier(ImageClassifier):
             dropout=hp.dropout,
             early_pool=hp.get("early_pool", False),  # absent from older checkpoints
         )
+
+    def setup(self, stage: str) -> None:
+        """At ``fit``: the class weights, and with ``whiten`` the first convolution's filters.
+
+        The filters come from up to 256 training images, a fixed sample (so every DDP rank
+        computes the same); resuming restores the checkpoint's filters over them.
+        """
+        super().setup(stage)
+        if stage != "fit" or not self.hparams.get("whiten", False):
+            return
+        train = self.trainer.datamodule.datasets["train"]
+        picks = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:256]
+        images = torch.stack([train[int(i)][0] for i in picks])
+        with torch.no_grad():
+            normalised = self.normalize(images.to(self.device)).contiguous()
+            first = self.net.features[0]
+            first.weight.copy_(patch_whitening_filters(normalised, first.out_channels))
+        first.weight.requires_grad_(False)
