@@ -51,3 +51,22 @@ def test_early_pool_halves_the_work_with_the_same_weights() -> None:
     for h in hooks:
         h.remove()
     assert sizes == [32, 16, 16, 8]  # the second conv of each block runs after the pooling
+
+
+def test_dirac_start_passes_the_input_through_and_fixed_bn_scale_stays_one() -> None:
+    net = SimpleCNN(5, channels=(8, 16), convs_per_block=2, dirac=True, bn_scale=False)
+    convs = [m for m in net.features if isinstance(m, torch.nn.Conv2d)]
+    x = torch.randn(2, 3, 12, 12)
+    torch.testing.assert_close(convs[0](x)[:, :3], x)  # the first 3 of 8 filters: identity
+    y = torch.randn(2, 8, 12, 12)
+    torch.testing.assert_close(convs[1](y), y)  # 8 -> 8: all of them
+    assert convs[2].weight[8:].abs().sum() > 0  # 8 -> 16: filters 8-15 keep a random start
+    bns = [m for m in net.features if isinstance(m, torch.nn.BatchNorm2d)]
+    net(torch.randn(4, 3, 32, 32)).sum().backward()
+    assert all(not bn.weight.requires_grad and bn.weight.grad is None for bn in bns)
+    assert all(bn.bias.grad is not None for bn in bns)
+    plain = SimpleCNN(5, channels=(8, 16), convs_per_block=2)
+    assert not torch.allclose(plain.features[0](x)[:, :3], x)
+    assert all(
+        m.weight.requires_grad for m in plain.features if isinstance(m, torch.nn.BatchNorm2d)
+    )

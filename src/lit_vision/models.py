@@ -258,6 +258,8 @@ class CNNClassifier(ImageClassifier):
         hidden: Hidden units of the dense head (0 for none).
         dropout: Head dropout.
         early_pool: Pool after each block's first convolution (about half the compute).
+        bn_scale: Learn batch norm's scale (``False``: fixed at 1, the speedruns' choice).
+        dirac: Identity-initialise each convolution's first filters (the speedruns' choice).
         whiten: Make the first convolution a frozen patch-whitening filter bank computed from
             training images at the start of ``fit`` (:mod:`~lit_vision.whitening`).
         optimizer: Optimizer factory (Adam 1e-3 by default).
@@ -287,6 +289,8 @@ class CNNClassifier(ImageClassifier):
         hidden: int = 256,
         dropout: float = 0.3,
         early_pool: bool = False,
+        bn_scale: bool = True,
+        dirac: bool = False,
         whiten: bool = False,
         optimizer: OptimizerCallable = torch.optim.Adam,
         scheduler: LRSchedulerCallable | None = None,
@@ -333,6 +337,8 @@ class CNNClassifier(ImageClassifier):
             hidden=hp.hidden,
             dropout=hp.dropout,
             early_pool=hp.get("early_pool", False),  # absent from older checkpoints
+            bn_scale=hp.get("bn_scale", True),
+            dirac=hp.get("dirac", False),
         )
 
     def setup(self, stage: str) -> None:

@@ -86,6 +86,10 @@ class SimpleCNN(nn.Module):
         dropout: Dropout in the head.
         in_channels: Input channels.
         early_pool: Pool after each block's first convolution instead of after the block.
+        bn_scale: Learn batch norm's scale; ``False`` keeps it at 1 (only the shift learns).
+        dirac: Start each convolution's first ``in_channels`` filters as the identity (a
+            centred 1 on their own channel), so the input passes through at first; the others
+            keep their random start.
     """
 
     def __init__(
@@ -101,6 +105,8 @@ class SimpleCNN(nn.Module):
         dropout: float = 0.3,
         in_channels: int = 3,
         early_pool: bool = False,
+        bn_scale: bool = True,
+        dirac: bool = False,
     ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
@@ -124,6 +130,12 @@ class SimpleCNN(nn.Module):
             c_in * self.pool.multiplier, num_classes, hidden=hidden, dropout=dropout
         )
         self.num_features = c_in
+        for layer in self.features:
+            if isinstance(layer, nn.BatchNorm2d) and not bn_scale:
+                layer.weight.requires_grad_(False)
+            if isinstance(layer, nn.Conv2d) and dirac:
+                with torch.no_grad():
+                    nn.init.dirac_(layer.weight[: layer.in_channels])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.features(x)
