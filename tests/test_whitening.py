@@ -8,7 +8,9 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import REPO
 
+from lit_vision.__main__ import main
 from lit_vision.data import ImageFolderDataModule
 from lit_vision.models import CNNClassifier
 from lit_vision.whitening import patch_whitening_filters
@@ -65,6 +67,15 @@ def test_fit_whitens_and_freezes_the_first_convolution(split_tree: Path, tmp_pat
     assert not torch.equal(model.net.features[3].weight, later)  # the rest did train
 
 
-def test_whiten_rejects_a_first_block_wider_than_the_filters() -> None:
+def test_whiten_rejects_a_first_block_wider_than_the_filters(
+    split_tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(ValueError, match="model.whiten"):
         CNNClassifier(3, channels=(64,), whiten=True)
+    argv = ["fit", "--config", str(REPO / "configs" / "small_cnn.yaml"), "--data.root"]
+    argv += [str(split_tree), "--model.init_args.whiten", "true"]
+    argv += ["--model.init_args.channels", "[64, 64]", "--trainer.logger", "false"]
+    argv += ["--trainer.default_root_dir", str(tmp_path), "--trainer.fast_dev_run", "1"]
+    assert main(argv) == 2  # a user error: one line naming the key, no traceback
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: model.whiten") and "Traceback" not in "".join(err)

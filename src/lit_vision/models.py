@@ -18,6 +18,7 @@ from torchmetrics import MeanMetric
 from lit_vision.balance import Balance, resolve
 from lit_vision.contrast import CONTRAST_STEPS
 from lit_vision.distributed import ScaleLR, broadcast_buffers
+from lit_vision.errors import ConfigError
 from lit_vision.metrics import classification_loss, log_step, loss_class_weights, stage_metrics
 from lit_vision.networks import Pooling, SimpleCNN
 from lit_vision.optim import build_optimization
@@ -318,7 +319,7 @@ class CNNClassifier(ImageClassifier):
             class_weights=class_weights,
         )
         if whiten and channels[0] > 2 * 3 * 3 * 3:
-            raise ValueError(
+            raise ConfigError(
                 f"model.whiten gives the first block at most 54 filters (each of a 3x3x3 patch's"
                 f" 27 directions, both signs), not channels[0] = {channels[0]}"
             )
