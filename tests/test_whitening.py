@@ -79,3 +79,14 @@ def test_whiten_rejects_a_first_block_wider_than_the_filters(
     assert main(argv) == 2  # a user error: one line naming the key, no traceback
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: model.whiten") and "Traceback" not in "".join(err)
+
+
+def test_whiten_without_an_indexable_train_split_is_one_line(
+    split_tree: Path, tmp_path: Path
+) -> None:
+    model = CNNClassifier(3, channels=(8,), hidden=0, whiten=True)
+    loader = ImageFolderDataModule(split_tree, image_size=16, batch_size=8, cache="off")
+    loader.setup("fit")
+    trainer = L.Trainer(max_epochs=1, logger=False, default_root_dir=tmp_path)
+    with pytest.raises(ValueError, match="model.whiten needs an ImageFolderDataModule"):
+        trainer.fit(model, loader.train_dataloader(), loader.val_dataloader())

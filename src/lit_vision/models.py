@@ -351,7 +351,9 @@ class CNNClassifier(ImageClassifier):
         super().setup(stage)
         if stage != "fit" or not self.hparams.get("whiten", False):
             return
-        train = self.trainer.datamodule.datasets["train"]
+        train = getattr(self.trainer.datamodule, "datasets", {}).get("train")
+        if train is None:  # a stream, or loaders passed without a DataModule
+            raise ConfigError("model.whiten needs an ImageFolderDataModule with a train/ split")
         picks = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:256]
         images = torch.stack([train[int(i)][0] for i in picks])
         with torch.no_grad():
