@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
 from PIL import Image
@@ -38,6 +39,22 @@ def write_images(
         img.save(path)
         paths.append(path)
     return paths
+
+
+def quiet_trainer(tmp_path: Path, max_epochs: int, callbacks=(), **kw) -> L.Trainer:
+    """A CPU Trainer without logger, progress bar, summary or sanity check, writing to tmp_path."""
+    return L.Trainer(
+        max_epochs=max_epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        callbacks=list(callbacks),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=tmp_path,
+        **kw,
+    )
 
 
 def make_raw_tree(root: Path, classes: int = 3, per_class: int = 12, **kw) -> Path:

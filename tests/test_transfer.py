@@ -8,6 +8,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from conftest import quiet_trainer
 from lightning.pytorch.callbacks import Callback
 
 from lit_vision import ImageFolderDataModule, TransferClassifier
@@ -28,21 +29,6 @@ TINY = "test_efficientnet"  # timm's 99k-parameter EfficientNet for tests
 def _model(**kw) -> TransferClassifier:
     kw = {"backbone": TINY, "pretrained": False, "freeze_epochs": 2, **kw}
     return TransferClassifier(3, **kw)
-
-
-def _trainer(tmp_path: Path, max_epochs: int, callbacks=(), **kw) -> L.Trainer:
-    return L.Trainer(
-        max_epochs=max_epochs,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        callbacks=list(callbacks),
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        default_root_dir=tmp_path,
-        **kw,
-    )
 
 
 def _data(root: Path) -> ImageFolderDataModule:
@@ -96,7 +82,7 @@ def test_phase_switch_freezes_backbone_bitwise_then_unfreezes_last_blocks(split_
         optimizer=partial(torch.optim.AdamW, lr=1e-3, weight_decay=0.1), unfreeze_blocks=2
     )
     probe = Probe()
-    trainer = _trainer(tmp_path, 3, [probe])
+    trainer = quiet_trainer(tmp_path, 3, [probe])
     trainer.fit(model, _data(split_tree))
     s, e = probe.start, probe.end
     assert [s[i]["phase"] for i in range(3)] == [0, 0, 1]
@@ -144,7 +130,7 @@ def test_resume_continues_in_the_right_phase(split_tree, tmp_path, phase_at_save
     # still frozen); one after epoch 1 of freeze_epochs=1 is unfrozen (resume at epoch 2:
     # unfrozen, with the backbone's optimizer state).
     freeze_epochs, saved_after = (2, 0) if phase_at_save == 0 else (1, 1)
-    first = _trainer(tmp_path / "a", saved_after + 1)
+    first = quiet_trainer(tmp_path / "a", saved_after + 1)
     model = _model(freeze_epochs=freeze_epochs, train_bn=True)
     first.fit(model, _data(split_tree))
     ckpt = tmp_path / "resume.ckpt"
@@ -156,7 +142,7 @@ def test_resume_continues_in_the_right_phase(split_tree, tmp_path, phase_at_save
     resumed = _model(
         freeze_epochs=freeze_epochs, train_bn=True
     )  # fresh module: requires_grad all True, like a new process
-    _trainer(tmp_path / "b", saved_after + 2, [probe]).fit(
+    quiet_trainer(tmp_path / "b", saved_after + 2, [probe]).fit(
         resumed, _data(split_tree), ckpt_path=ckpt
     )
     epoch = saved_after + 1
@@ -359,7 +345,7 @@ def test_backbones_build_and_every_head_param_gets_grad(backbone):
 def test_train_bn_false_keeps_running_stats_after_unfreezing(split_tree, tmp_path):
     model = _model(freeze_epochs=0)  # train_bn=False is the default
     before = _snapshot(model)
-    _trainer(tmp_path, 1).fit(model, _data(split_tree))
+    quiet_trainer(tmp_path, 1).fit(model, _data(split_tree))
     after = _snapshot(model)
     stats = {
         k for k in before if k.startswith("features.") and ("running_" in k or "num_batches" in k)

@@ -8,7 +8,7 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import REPO
+from conftest import REPO, quiet_trainer
 
 from lit_vision.__main__ import main
 from lit_vision.data import ImageFolderDataModule
@@ -50,14 +50,7 @@ def test_fit_whitens_and_freezes_the_first_convolution(split_tree: Path, tmp_pat
     )
     before = model.net.features[0].weight.detach().clone()
     later = model.net.features[3].weight.detach().clone()
-    trainer = L.Trainer(
-        max_epochs=2,
-        logger=False,
-        enable_checkpointing=False,
-        default_root_dir=tmp_path,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer(tmp_path, 2, enable_checkpointing=False)
     trainer.fit(model, datamodule=dm)
     first = model.net.features[0].weight
     images = torch.stack([dm.datasets["train"][i][0] for i in range(len(dm.datasets["train"]))])
